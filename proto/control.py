@@ -1,0 +1,53 @@
+"""Liveness and lifecycle: hello, heartbeats, errors, shutdown."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from proto.message import Message
+
+Role = Literal["learner", "generator", "judge", "client"]
+ErrorCode = Literal["bad_request", "busy", "unavailable", "not_found", "shutting_down", "internal"]
+
+
+class Hello(Message):
+    """First message of a component to a peer it connects to."""
+
+    TYPE = "hello"
+
+    sender: str = Field(min_length=1, max_length=256)
+    role: Role
+    host: str = ""
+    pid: int = 0
+    info: dict[str, str] = {}
+
+
+class Heartbeat(Message):
+    TYPE = "heartbeat"
+
+    sender: str = Field(min_length=1, max_length=256)
+    role: Role
+    time: float  # sender's clock, seconds since the epoch; for logs only, never compared
+    policy_version: int | None = None
+    holding: int = Field(default=0, ge=0)  # work items held right now
+
+
+class Error(Message):
+    """The answer to a request that could not be served. `ref_id`: the request it answers."""
+
+    TYPE = "error"
+
+    code: ErrorCode
+    detail: str = Field(max_length=4000)
+    ref_id: str | None = None
+
+
+class Shutdown(Message):
+    """Stop taking work; finish or hand back what is held within `deadline_s`."""
+
+    TYPE = "shutdown"
+
+    reason: str = Field(max_length=2000)
+    deadline_s: float = Field(default=30.0, ge=0)

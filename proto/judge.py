@@ -1,0 +1,111 @@
+"""Judge requests and verdicts: the contract of the verification service.
+
+math: {"id", "kind": "math", "response", "answer"}
+code: {"id", "kind": "code", "response", "tests": [{"input", "output"}], "fn_name"?,
+       "time_limit_s"?, "memory_limit_mb"?}
+verdict: {"id", "reward": 0 | 1, "status", "detail"}
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from proto.message import Message, Struct
+
+MATH_STATUSES = ("correct", "wrong_answer", "no_answer", "timeout")
+CODE_STATUSES = (
+    "accepted",
+    "wrong_answer",
+    "runtime_error",
+    "time_limit",
+    "memory_limit",
+    "output_limit",
+    "no_code",
+    "syntax_error",
+    "sandbox_error",
+)
+# bad_request: the request itself was invalid; it was not judged.
+VerdictStatus = Literal[
+    "correct",
+    "no_answer",
+    "timeout",
+    "accepted",
+    "wrong_answer",
+    "runtime_error",
+    "time_limit",
+    "memory_limit",
+    "output_limit",
+    "no_code",
+    "syntax_error",
+    "sandbox_error",
+    "bad_request",
+]
+REWARDED_STATUSES = frozenset({"correct", "accepted"})
+# Verdicts that say nothing about the response: a trainer must not turn them into reward 0.
+UNJUDGED_STATUSES = frozenset({"timeout", "sandbox_error", "bad_request"})
+
+MAX_DETAIL_CHARS = 2000
+
+
+class TestCase(Struct):
+    input: str
+    output: str
+
+
+class JudgeRequest(Message):
+    TYPE = "judge_request"
+
+    id: str = Field(min_length=1, max_length=256)
+    kind: Literal["math", "code"]
+    response: str
+    answer: str | None = None
+    tests: list[TestCase] | None = None
+    fn_name: str | None = None
+    time_limit_s: float | None = Field(default=None, gt=0)
+    memory_limit_mb: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> JudgeRequest:
+        if self.kind == "math":
+            if self.answer is None:
+                raise ValueError("answer: a math request needs the reference answer")
+            if self.tests is not None or self.fn_name is not None:
+                raise ValueError("tests: a math request carries no tests")
+        else:
+            if not self.tests:
+                raise ValueError("tests: a code request needs at least one test case")
+            if self.answer is not None:
+                raise ValueError("answer: a code request carries tests, not an answer")
+        return self
+
+
+class Verdict(Message):
+    TYPE = "verdict"
+
+    id: str = Field(max_length=256)
+    reward: Literal[0, 1]
+    status: VerdictStatus
+    detail: str = Field(default="", max_length=MAX_DETAIL_CHARS)
+
+    @model_validator(mode="after")
+    def _reward_matches_status(self) -> Verdict:
+        if (self.reward == 1) != (self.status in REWARDED_STATUSES):
+            raise ValueError(f"reward: {self.reward} contradicts status {self.status!r}")
+        return self
+
+
+class StatsRequest(Message):
+    TYPE = "stats_request"
+
+
+class JudgeStats(Message):
+    TYPE = "judge_stats"
+
+    counts: dict[str, int]
+    latency_ms: dict[str, float]  # percentiles: p50, p90, p99, max
+    queue_depth: int
+    in_flight: int
+    workers: int
+    uptime_s: float
