@@ -34,6 +34,14 @@ class Heartbeat(Message):
     holding: int = Field(default=0, ge=0)  # work items held right now
 
 
+class Ack(Message):
+    """Receipt for a message that needs no other answer (a rollout, a heartbeat): resend until acked."""
+
+    TYPE = "ack"
+
+    detail: str = Field(default="", max_length=2000)
+
+
 class Error(Message):
     """The answer to a request that could not be served. `ref_id`: the request it answers."""
 
