@@ -71,11 +71,23 @@ def _array_type(dtype: type[np.generic]) -> Any:
             return np.asarray(value, dtype=np_dtype)
         raise ValueError(f"expected {np_dtype.name} array, bytes or list, got {type(value).__name__}")
 
-    def serialize(value: np.ndarray) -> bytes:
-        return value.tobytes()
+    def serialize(value: np.ndarray) -> memoryview:
+        return memoryview(np.ascontiguousarray(value)).cast("B")  # no copy; the codec packs it
 
-    return Annotated[np.ndarray, PlainValidator(validate), PlainSerializer(serialize, return_type=bytes)]
+    return Annotated[np.ndarray, PlainValidator(validate), PlainSerializer(serialize)]
 
+
+def _blob(value: Any) -> bytes | memoryview:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        # Received out-of-band frames arrive as memoryviews of the socket's buffer: no copy.
+        return memoryview(value).cast("B")
+    raise ValueError(f"expected bytes, got {type(value).__name__}")
+
+
+# Raw bytes, possibly a view of a received frame. Large blobs travel in frames of their own.
+Blob = Annotated[bytes | memoryview, PlainValidator(_blob), PlainSerializer(lambda value: value)]
 
 Int32Array = _array_type(np.int32)
 Float32Array = _array_type(np.float32)

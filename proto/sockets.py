@@ -1,10 +1,10 @@
 """ZeroMQ endpoints that speak proto messages: a ROUTER `Server` and a DEALER `Client`.
 
-Wire frames: the client sends `[request_id, message]`; the server sees `[peer, request_id,
-message]` and answers on the same request id. A server may also push messages to a peer it has
-heard from (request id empty). Every socket has a receive timeout, a high-water mark and a
-maximum message size; binding off loopback requires CURVE keys. Sockets are not thread-safe:
-use each endpoint from one thread.
+Wire frames: the client sends `[request_id, *message_frames]`; the server sees
+`[peer, request_id, *message_frames]` and answers on the same request id. A server may also
+push messages to a peer it has heard from (request id empty). Every socket has a receive
+timeout, a high-water mark and a maximum message size; binding off loopback requires CURVE
+keys. Sockets are not thread-safe: use each endpoint from one thread.
 """
 
 from __future__ import annotations
@@ -131,12 +131,12 @@ class Server:
                 return None
             frames = self._socket.recv_multipart(copy=False)
             peer = frames[0].bytes
-            if len(frames) != 3 or len(frames[1]) > MAX_REQUEST_ID_BYTES:
-                self._reject(peer, b"", ProtocolError("frame", "expected frames [request_id, message]"))
+            if len(frames) < 3 or len(frames[1]) > MAX_REQUEST_ID_BYTES:
+                self._reject(peer, b"", ProtocolError("frame", "expected frames [request_id, message...]"))
                 continue
             request_id = frames[1].bytes
             try:
-                message = decode(frames[2].buffer, self.limits.max_frame_bytes)
+                message = decode([frame.buffer for frame in frames[2:]], self.limits.max_frame_bytes)
             except ProtocolError as exc:
                 self._reject(peer, request_id, exc)
                 continue
@@ -151,7 +151,7 @@ class Server:
     def send(self, peer: bytes, message: Message, request_id: bytes = b"") -> bool:
         """Send to one peer; False if it is gone or its queue stayed full past the send timeout."""
         try:
-            self._socket.send_multipart([peer, request_id, encode(message)], copy=False)
+            self._socket.send_multipart([peer, request_id, *encode(message)], copy=False)
             return True
         except zmq.Again:
             log.warning("send_timed_out", endpoint=self.name, peer=peer.hex()[:16], type=message.TYPE)
@@ -223,7 +223,7 @@ class Client:
         """Send a request; returns its id. Raises TimeoutError if the server cannot take it."""
         request_id = self._prefix + str(next(self._ids)).encode()
         try:
-            self._socket.send_multipart([request_id, encode(message)], copy=False)
+            self._socket.send_multipart([request_id, *encode(message)], copy=False)
         except zmq.Again:
             raise TimeoutError(
                 f"no server at {self.address} took a {message.TYPE} within {self.limits.send_timeout_ms} ms"
@@ -266,9 +266,10 @@ class Client:
                 return None
             frames = self._socket.recv_multipart(copy=False)
             try:
-                if len(frames) != 2:
-                    raise ProtocolError("frame", "expected frames [request_id, message]")
-                return Reply(frames[0].bytes, decode(frames[1].buffer, self.limits.max_frame_bytes))
+                if len(frames) < 2:
+                    raise ProtocolError("frame", "expected frames [request_id, message...]")
+                message = decode([frame.buffer for frame in frames[1:]], self.limits.max_frame_bytes)
+                return Reply(frames[0].bytes, message)
             except ProtocolError as exc:
                 self.malformed += 1
                 log.warning("bad_reply", address=self.address, error=str(exc)[:300])

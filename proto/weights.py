@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from proto.message import Message
+from proto.message import Blob, Message
 
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
 DTYPE_BYTES: dict[str, int] = {
@@ -51,7 +51,7 @@ class WeightChunk(Message):
     dtype: DType
     shape: list[int]
     offset: int = Field(ge=0)
-    data: bytes
+    data: Blob
     last: bool  # the final chunk of the version
 
     @model_validator(mode="after")
@@ -59,11 +59,15 @@ class WeightChunk(Message):
         if any(d < 0 for d in self.shape):
             raise ValueError(f"shape: negative dimension in {self.shape}")
         nbytes = math.prod(self.shape) * DTYPE_BYTES[self.dtype]
-        if self.offset + len(self.data) > nbytes:
+        if self.offset + self.data_bytes > nbytes:
             raise ValueError(
-                f"data: bytes {self.offset}..{self.offset + len(self.data)} overrun a tensor of {nbytes}"
+                f"data: bytes {self.offset}..{self.offset + self.data_bytes} overrun a tensor of {nbytes}"
             )
         return self
+
+    @property
+    def data_bytes(self) -> int:
+        return memoryview(self.data).nbytes
 
     @property
     def tensor_bytes(self) -> int:

@@ -36,11 +36,11 @@ def test_round_trip(cls: type[Message]) -> None:
     @SETTINGS
     @given(MESSAGES[cls])
     def check(message: Message) -> None:
-        frame = encode(message)
-        decoded = decode(frame)
+        frames = encode(message)
+        decoded = decode(frames)
         assert type(decoded) is cls
         assert decoded == message
-        assert encode(decoded) == frame
+        assert [bytes(f) for f in encode(decoded)] == [bytes(f) for f in frames]
 
     check()
 
@@ -57,18 +57,19 @@ def test_random_bytes_raise_only_protocol_error(frame: bytes) -> None:
 @SETTINGS
 @given(any_message, st.data())
 def test_truncated_frames_are_rejected(message: Message, data: st.DataObject) -> None:
-    frame = encode(message)
-    cut = data.draw(st.integers(0, len(frame) - 1))
+    envelope, *buffers = encode(message)
+    cut = data.draw(st.integers(0, len(envelope) - 1))
     with pytest.raises(ProtocolError):
-        decode(frame[:cut])
+        decode([envelope[:cut], *buffers])
 
 
 @SETTINGS
 @given(any_message, st.integers(0, 10**6).filter(lambda v: v != PROTOCOL_VERSION))
 def test_wrong_protocol_version(message: Message, version: int) -> None:
-    body = msgpack.unpackb(encode(message))[2]
+    envelope, *buffers = encode(message)
+    body = msgpack.unpackb(envelope)[2]
     with pytest.raises(ProtocolError) as err:
-        decode(msgpack.packb([version, message.TYPE, body]))
+        decode([msgpack.packb([version, message.TYPE, body]), *buffers])
     assert err.value.field == "protocol_version"
     assert str(version) in str(err.value)
 
@@ -91,7 +92,7 @@ def _frame(type_name: str, body: dict, version: int = PROTOCOL_VERSION) -> bytes
 
 
 def test_oversized_frame_names_the_limit() -> None:
-    frame = encode(_math_item())
+    [frame] = encode(_math_item())
     with pytest.raises(ProtocolError) as err:
         decode(frame, max_bytes=len(frame) - 1)
     assert err.value.field == "frame"
@@ -185,6 +186,52 @@ def test_arrays_travel_as_raw_bytes() -> None:
         lease_s=1,
         answer="0",
     )
-    frame = encode(item)
-    assert tokens.astype("<i4").tobytes() in frame  # one msgpack bin, not 32K integers
-    assert np.array_equal(decode(frame).prompt_token_ids, tokens)
+    envelope, tokens_frame = encode(item)  # large arrays travel in a frame of their own
+    assert bytes(tokens_frame) == tokens.astype("<i4").tobytes()
+    assert np.array_equal(decode([envelope, tokens_frame]).prompt_token_ids, tokens)
+    small = item.model_copy(update={"prompt_token_ids": tokens[:100]})
+    [frame] = encode(small)
+    assert tokens[:100].astype("<i4").tobytes() in frame  # one msgpack bin, not 100 integers
+
+
+def test_weight_chunks_are_read_in_place() -> None:
+    data = np.random.default_rng(0).random(1 << 18, dtype=np.float32)
+    chunk = WeightChunk(
+        version=2,
+        seq=0,
+        name="w",
+        dtype="float32",
+        shape=[1 << 18],
+        offset=0,
+        data=memoryview(data).cast("B"),
+        last=True,
+    )
+    frames = encode(chunk)
+    assert len(frames) == 2
+    received = [bytes(frame) for frame in frames]
+    decoded = decode(received)
+    assert isinstance(decoded.data, memoryview) and decoded.data.obj is received[1]
+    assert np.array_equal(np.frombuffer(decoded.data, dtype=np.float32), data)
+
+
+def test_frame_references_are_checked() -> None:
+    chunk = WeightChunk(
+        version=2,
+        seq=0,
+        name="w",
+        dtype="uint8",
+        shape=[1 << 17],
+        offset=0,
+        data=b"\1" * (1 << 17),
+        last=True,
+    )
+    envelope, data = encode(chunk)
+    cases = [
+        ([envelope], "reference to frame 1 of 1"),
+        ([envelope, data, b"extra"], "1 frames are not referenced"),
+        ([msgpack.packb([PROTOCOL_VERSION, "ack", {"detail": msgpack.ExtType(9, b"")}])], "extension type 9"),
+    ]
+    for frames, words in cases:
+        with pytest.raises(ProtocolError, match=words):
+            decode(frames)
+    assert decode([envelope, data]) == chunk

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,8 @@ from proto import (
     Request,
     Server,
     SocketLimits,
+    WeightChunk,
+    WeightRequest,
     decode,
     encode,
     generate_keys,
@@ -127,11 +130,11 @@ def test_bad_frames_get_a_clear_error_and_the_server_keeps_serving(address: str)
             ([b"r4", msgpack.packb([PROTOCOL_VERSION, "nonsense", {}])], "unknown message type"),
             ([b"r5", b"x" * 5_000], "exceeds the limit of 4096 bytes"),
             ([b"only-one-frame"], "expected frames"),
-            ([b"a", b"b", b"c"], "expected frames"),
+            ([b"r6", *encode(heartbeat()), b"stray"], "1 frames are not referenced"),
         ]
         for frames, words in cases:
             raw.send_multipart(frames)
-            request_id = frames[0] if len(frames) == 2 else b""
+            request_id = frames[0] if len(frames) >= 2 else b""
             assert words in error_reply(raw, request_id).detail
             assert client.request(heartbeat(7)) == Ack(detail="g7")  # still serving
         assert server.rejected == len(cases)
@@ -293,10 +296,42 @@ def test_curve_key_files_are_checked(tmp_path: Path, keys: dict[str, Path]) -> N
         Server("tcp://127.0.0.1:*", curve=CurveServerKeys(secret_file=keys["server_public"]))
 
 
+def test_large_chunks_travel_in_frames_of_their_own(address: str) -> None:
+    data = np.random.default_rng(0).random(300_000, dtype=np.float32)
+
+    def send_weights(server: Server, request: Request) -> None:
+        for seq, offset in enumerate(range(0, data.nbytes, 400_000)):
+            view = memoryview(data).cast("B")[offset : offset + 400_000]
+            last = offset + 400_000 >= data.nbytes
+            chunk = WeightChunk(
+                version=3,
+                seq=seq,
+                name="w",
+                dtype="float32",
+                shape=[300_000],
+                offset=offset,
+                data=view,
+                last=last,
+            )
+            server.reply(request, chunk)
+
+    with serving(address, send_weights) as server, Client(server.address, limits=FAST) as client:
+        client.send(WeightRequest(version=3, generator_id="g"))
+        received = bytearray()
+        while True:
+            reply = client.recv(timeout_ms=2_000)
+            assert reply is not None and isinstance(reply.message, WeightChunk)
+            assert reply.message.offset == len(received)
+            received += reply.message.data
+            if reply.message.last:
+                break
+        assert np.array_equal(np.frombuffer(received, dtype=np.float32), data)
+
+
 def test_encode_is_what_travels() -> None:
     with serving("tcp://127.0.0.1:*") as server:
         raw = raw_dealer(server.address)
-        raw.send_multipart([b"id-1", encode(heartbeat(2))])
+        raw.send_multipart([b"id-1", *encode(heartbeat(2))])
         request_id, payload = raw.recv_multipart()
         assert request_id == b"id-1" and decode(payload) == Ack(detail="g2")
         raw.close()
