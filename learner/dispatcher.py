@@ -1,0 +1,189 @@
+"""The work dispatcher: serves the work ledger to generators over ZeroMQ from its own thread.
+
+Generators speak to it as docs/protocol.md describes (Hello, Credit, RolloutGroup, WorkAborted,
+Heartbeat; it answers Ack and pushes WorkBatch, WorkCancel, WeightAnnounce, Shutdown). The
+trainer calls `take_batch`, `publish` and `state` from its own thread; a lock guards the ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from learner.work_ledger import WorkLedger
+from proto.control import Ack, Heartbeat, Hello, Shutdown
+from proto.curve import CurveServerKeys
+from proto.message import Message
+from proto.rollout import RolloutGroup, WorkAborted
+from proto.sockets import Request, Server, SocketLimits
+from proto.weights import WeightAnnounce
+from proto.work import Credit, WorkBatch, WorkCancel
+
+log = structlog.get_logger("learner.dispatcher")
+
+
+@dataclass
+class GeneratorSeen:
+    peer: bytes
+    last_seen: float
+    credits: int = 0
+    info: dict[str, str] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        ledger: WorkLedger,
+        address: str = "tcp://127.0.0.1:*",
+        *,
+        curve: CurveServerKeys | None = None,
+        heartbeat_timeout_s: float = 30.0,
+        tick_ms: int = 20,
+        limits: SocketLimits | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.tick_ms = tick_ms
+        self.generators: dict[str, GeneratorSeen] = {}
+        self.announcement: WeightAnnounce | None = None
+        self._outbox: list[tuple[str, Message]] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        # Bound here so that a bad address fails in the caller; used only by the thread below.
+        self._server = Server(address, curve=curve, limits=limits or SocketLimits(), name="dispatcher")
+        self.address = self._server.address
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+
+    # -- the trainer's side -------------------------------------------------------------------
+
+    def start(self) -> Dispatcher:
+        self._thread.start()
+        return self
+
+    def take_batch(self, timeout_s: float) -> list[RolloutGroup]:
+        """Block until the batch of the next step is ready; TimeoutError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the dispatcher thread has stopped")
+                taken = self.ledger.take_batch()
+                if taken is not None:
+                    batch, cancel = taken
+                    self._queue_cancels(cancel, "no longer trainable")
+                    return batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"no batch for step {self.ledger.next_step} within {timeout_s:.0f} s: "
+                        f"{len(self.ledger.ready)} groups ready, {len(self.ledger.leases)} out, "
+                        f"{len(self.generators)} generators connected"
+                    )
+                self._changed.wait(min(remaining, 1.0))
+
+    def publish(self, announcement: WeightAnnounce) -> None:
+        """A new policy version is ready to be fetched: tell every generator, then issue work for it."""
+        with self._changed:
+            self.ledger.publish(announcement.version)
+            self.announcement = announcement
+            for generator_id in self.generators:
+                self._outbox.append((generator_id, announcement))
+
+    def state(self) -> dict[str, Any]:
+        with self._changed:
+            return self.ledger.state()
+
+    def counts(self) -> dict[str, int]:
+        with self._changed:
+            return dict(self.ledger.counts)
+
+    def stop(self, reason: str = "run finished", deadline_s: float = 5.0) -> None:
+        with self._changed:
+            for generator_id in self.generators:
+                self._outbox.append((generator_id, Shutdown(reason=reason, deadline_s=deadline_s)))
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        else:
+            self._server.close()
+
+    # -- the dispatcher thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                request = self._server.recv(timeout_ms=self.tick_ms)
+                with self._changed:
+                    if request is not None:
+                        self._handle(request)
+                    self._housekeeping()
+                    self._flush()
+                    self._changed.notify_all()
+            with self._changed:
+                self._flush()  # the shutdown notices
+        except Exception:
+            log.exception("dispatcher_failed")
+            raise
+        finally:
+            self._server.close()
+
+    def _handle(self, request: Request) -> None:
+        message = request.message
+        sender = getattr(message, "generator_id", None) or getattr(message, "sender", None)
+        if not isinstance(message, (Hello, Credit, RolloutGroup, WorkAborted, Heartbeat)) or sender is None:
+            self._server.reply_error(request, "bad_request", f"the dispatcher does not take {message.TYPE}")
+            return
+        seen = self.generators.get(sender)
+        if seen is None or isinstance(message, Hello):
+            if seen is None:
+                log.info("generator_joined", generator=sender)
+            seen = self.generators[sender] = GeneratorSeen(request.peer, time.monotonic())
+            if isinstance(message, Hello):
+                seen.info = dict(message.info)
+            if self.announcement is not None:
+                self._outbox.append((sender, self.announcement))
+        seen.peer = request.peer
+        seen.last_seen = time.monotonic()
+        detail = ""
+        if isinstance(message, Credit):
+            seen.credits += message.credits
+        elif isinstance(message, RolloutGroup):
+            detail = self.ledger.accept(message)
+        elif isinstance(message, WorkAborted):
+            detail = f"released {self.ledger.release(message.work_ids, sender)}"
+        self._server.reply(request, Ack(detail=detail))
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        lost = {g for g, seen in self.generators.items() if now - seen.last_seen > self.heartbeat_timeout_s}
+        for generator_id in lost:
+            log.warning(
+                "generator_lost",
+                generator=generator_id,
+                silent_s=round(now - self.generators[generator_id].last_seen, 1),
+            )
+            del self.generators[generator_id]
+        self._queue_cancels(self.ledger.expire(lost), "lease expired")
+        for generator_id, seen in self.generators.items():
+            if seen.credits <= 0:
+                continue
+            items = self.ledger.issue(generator_id, seen.credits)
+            if items:
+                seen.credits -= len(items)
+                self._outbox.append((generator_id, WorkBatch(items=items)))
+
+    def _queue_cancels(self, cancel: dict[str, list[str]], reason: str) -> None:
+        for generator_id, work_ids in cancel.items():
+            if generator_id in self.generators and work_ids:
+                self._outbox.append((generator_id, WorkCancel(work_ids=work_ids, reason=reason)))
+
+    def _flush(self) -> None:
+        for generator_id, message in self._outbox:
+            seen = self.generators.get(generator_id)
+            if seen is not None and not self._server.send(seen.peer, message):
+                log.warning("push_failed", generator=generator_id, type=message.TYPE)
+        self._outbox.clear()
