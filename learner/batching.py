@@ -1,0 +1,129 @@
+"""Rollouts to padded tensors, in micro-batches bounded by a token budget.
+
+Each completion becomes one row `prompt + completion`, right-padded. Sequences are bucketed by
+length (longest first) so that rows x longest row stays within `micro_batch_tokens`; padding
+is then small and a 32K response simply travels alone. Only positions that predict a response
+token are kept for the vocabulary projection (`keep`), so prompts cost no logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from proto.rollout import RolloutGroup
+
+
+@dataclass(frozen=True)
+class SequenceSample:
+    prompt: np.ndarray  # int32 token ids
+    completion: np.ndarray  # int32 token ids
+    sampler_logp: np.ndarray  # float32, one per completion token
+    advantage: float
+    trained: bool  # False: no gradient (cut at the length limit with overlong filtering on)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.completion)
+
+
+def build_samples(
+    groups: Sequence[RolloutGroup], advantages: Sequence[np.ndarray], *, mask_truncated: bool
+) -> list[SequenceSample]:
+    samples = []
+    for group, group_adv in zip(groups, advantages, strict=True):
+        if len(group.prompt_token_ids) == 0:
+            raise ValueError(f"rollout_group {group.work_id}: prompt_token_ids is empty")
+        for completion, adv in zip(group.completions, group_adv, strict=True):
+            if len(completion.token_ids) == 0:
+                continue  # nothing to score; it still counted in its group's mean and std
+            samples.append(
+                SequenceSample(
+                    prompt=group.prompt_token_ids,
+                    completion=completion.token_ids,
+                    sampler_logp=completion.logprobs,
+                    advantage=float(adv),
+                    trained=not (mask_truncated and completion.truncated),
+                )
+            )
+    return samples
+
+
+def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped so that len(batch) * max length <= token_budget (a longer one goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted longest first: the first row of a batch sets its padded width.
+        if current and (len(current) + 1) * lengths[current[0]] > token_budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class MicroBatch:
+    input_ids: Tensor  # [B, T] int64, right-padded
+    attention_mask: Tensor  # [B, T]
+    keep: Tensor  # [K] positions whose logits predict a response token
+    targets: Tensor  # [B, K] the token each kept position predicts
+    loss_mask: Tensor  # [B, K] 1 where the token trains
+    valid_mask: Tensor  # [B, K] 1 on every response token (diagnostics: entropy, mismatch)
+    advantages: Tensor  # [B, K]
+    sampler_logp: Tensor  # [B, K]
+    num_tokens: int  # real (unpadded) tokens, prompts included
+
+    def to(self, device: torch.device | str) -> MicroBatch:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return MicroBatch(**moved)
+
+
+def collate(samples: Sequence[SequenceSample], pad_id: int = 0) -> MicroBatch:
+    rows, width = len(samples), max(s.length for s in samples)
+    first = min(len(s.prompt) for s in samples) - 1  # earliest position predicting a response token
+    kept = width - 1 - first
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    targets = torch.zeros((rows, kept), dtype=torch.long)
+    loss_mask = torch.zeros((rows, kept))
+    valid_mask = torch.zeros((rows, kept))
+    advantages = torch.zeros((rows, kept))
+    sampler_logp = torch.zeros((rows, kept))
+    for row, s in enumerate(samples):
+        p, c = len(s.prompt), len(s.completion)
+        input_ids[row, :p] = torch.from_numpy(s.prompt.astype(np.int64))
+        input_ids[row, p : p + c] = torch.from_numpy(s.completion.astype(np.int64))
+        attention_mask[row, : p + c] = 1
+        cols = slice(p - 1 - first, p - 1 - first + c)  # logits at p-1+j predict completion[j]
+        targets[row, cols] = input_ids[row, p : p + c]
+        valid_mask[row, cols] = 1.0
+        loss_mask[row, cols] = float(s.trained)
+        advantages[row, cols] = s.advantage
+        sampler_logp[row, cols] = torch.from_numpy(s.sampler_logp.astype(np.float32))
+    return MicroBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        keep=torch.arange(first, width - 1),
+        targets=targets,
+        loss_mask=loss_mask,
+        valid_mask=valid_mask,
+        advantages=advantages,
+        sampler_logp=sampler_logp,
+        num_tokens=int(attention_mask.sum()),
+    )
+
+
+def micro_batches(samples: Sequence[SequenceSample], token_budget: int, pad_id: int = 0) -> list[MicroBatch]:
+    plan = plan_micro_batches([s.length for s in samples], token_budget)
+    return [collate([samples[i] for i in batch], pad_id) for batch in plan]

@@ -1,0 +1,297 @@
+"""One GRPO learner step: judged rollout groups in, one policy update (version v -> v+1) out.
+
+    groups -> select (drop unjudged, count/drop zero-variance) -> advantages -> micro-batches
+           -> for each update: forward, token loss / global token count, backward -> engine.step
+
+The first update's log-probs (detached) are the "old" policy for later updates, so the default
+single update is exactly on-policy (ratio 1). Diagnostics (entropy, mismatch against the
+sampler) come from that same forward: they cost no extra pass.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor
+
+from learner import checkpoint
+from learner.batching import MicroBatch, SequenceSample, build_samples, micro_batches
+from learner.config import LearnerConfig
+from learner.engine import PolicyEngine, all_reduce_sum, world_size
+from learner.grpo import GroupSelection, is_correct, logprob_mismatch, select_groups, token_loss
+from proto.rollout import RolloutGroup
+
+log = structlog.get_logger("learner.trainer")
+
+
+@dataclass
+class PreparedBatch:
+    selection: GroupSelection
+    samples: list[SequenceSample]
+    micro_batches: list[MicroBatch]
+    loss_tokens: int  # global: tokens that carry gradient, the loss's denominator
+    valid_tokens: int  # global: every response token of the trained groups
+
+
+def _all_reduce_max(value: Tensor) -> Tensor:
+    if world_size() > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return value
+
+
+class Learner:
+    """The GRPO trainer around a `PolicyEngine`; counts steps and policy versions."""
+
+    def __init__(self, cfg: LearnerConfig, engine: PolicyEngine | None = None) -> None:
+        self.cfg = cfg
+        if cfg.torch_threads is not None:
+            torch.set_num_threads(cfg.torch_threads)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.engine = engine or PolicyEngine(cfg)
+        self.step = 0  # learner steps completed
+        self.version = 0  # policy version of the current weights; step v trains on version v
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def prepare(self, groups: Sequence[RolloutGroup]) -> PreparedBatch:
+        g = self.cfg.grpo
+        selection = select_groups(groups, drop_zero_variance=g.drop_zero_variance, eps=g.adv_eps)
+        samples = build_samples(selection.trained, selection.advantages, mask_truncated=g.mask_truncated)
+        mbs = (
+            micro_batches(samples, self.cfg.batching.micro_batch_tokens, self.engine.pad_id)
+            if samples
+            else []
+        )
+        local = torch.tensor(
+            [sum(float(mb.loss_mask.sum()) for mb in mbs), sum(float(mb.valid_mask.sum()) for mb in mbs)],
+            dtype=torch.float64,
+        )
+        loss_tokens, valid_tokens = all_reduce_sum(local.to(self.engine.device)).tolist()
+        return PreparedBatch(selection, samples, mbs, int(loss_tokens), int(valid_tokens))
+
+    def accumulate(
+        self,
+        batch: PreparedBatch,
+        temperature: float,
+        *,
+        old_logps: list[Tensor] | None = None,
+        ref_logps: list[Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Forward and backward over every micro-batch, gradients adding up to those of the loss
+        over the whole global batch. Without `old_logps` this is the first (on-policy) update and
+        it returns them, with the diagnostics."""
+        g = self.cfg.grpo
+        first = old_logps is None
+        scale = world_size() / max(batch.loss_tokens, 1)  # DeepSpeed averages gradients over ranks
+        device = self.engine.device
+        new_old: list[Tensor] = []
+        new_ref: list[Tensor] = []
+        sums = {
+            k: torch.zeros((), dtype=torch.float64, device=device) for k in ("loss", "entropy", "kl", "clip")
+        }
+        mismatch = {
+            k: torch.zeros((), dtype=torch.float64, device=device) for k in ("abs_sum", "kl_sum", "max")
+        }
+        for i, mb in enumerate(batch.micro_batches):
+            mb = mb.to(device)
+            logp, entropy = self.engine.logprobs(mb, temperature, entropy_grad=g.entropy_coef > 0)
+            old = logp.detach() if first else old_logps[i]  # type: ignore[index]
+            ref = None
+            if g.kl_coef > 0:
+                ref = self.engine.reference_logprobs(mb, temperature) if ref_logps is None else ref_logps[i]
+                new_ref.append(ref)
+            per_token = token_loss(
+                logp,
+                old,
+                mb.advantages,
+                clip_low=g.clip_low,
+                clip_high=g.clip_high,
+                sampler_logp=mb.sampler_logp,
+                tis_cap=g.tis_cap,
+                ref_logp=ref,
+                kl_coef=g.kl_coef,
+                entropy=entropy,
+                entropy_coef=g.entropy_coef,
+            )
+            summed = (per_token * mb.loss_mask).sum()
+            self.engine.backward(summed * scale)
+            with torch.no_grad():
+                sums["loss"] += summed.detach().double()
+                sums["entropy"] += (entropy.detach() * mb.valid_mask).sum().double()
+                if ref is not None:
+                    delta = ref - logp.detach()
+                    sums["kl"] += ((torch.exp(delta) - delta - 1.0) * mb.loss_mask).sum().double()
+                ratio = torch.exp(logp.detach() - old)
+                outside = (ratio < 1.0 - g.clip_low) | (ratio > 1.0 + g.clip_high)
+                sums["clip"] += (outside.float() * mb.loss_mask).sum().double()
+                if first:
+                    new_old.append(old)
+                    m = logprob_mismatch(old, mb.sampler_logp, mb.valid_mask)
+                    mismatch["abs_sum"] += m["abs_sum"].double()
+                    mismatch["kl_sum"] += m["kl_sum"].double()
+                    mismatch["max"] = torch.maximum(mismatch["max"], m["max"].double())
+        totals = all_reduce_sum(torch.stack([sums["loss"], sums["entropy"], sums["kl"], sums["clip"]]))
+        loss_n, valid_n = max(batch.loss_tokens, 1), max(batch.valid_tokens, 1)
+        out: dict[str, Any] = {
+            "loss": float(totals[0]) / loss_n,
+            "entropy": float(totals[1]) / valid_n,
+            "clip_frac": float(totals[3]) / loss_n,
+        }
+        if g.kl_coef > 0:
+            out["kl"] = float(totals[2]) / loss_n
+            out["ref_logps"] = ref_logps if ref_logps is not None else new_ref
+        if first:
+            mm = all_reduce_sum(torch.stack([mismatch["abs_sum"], mismatch["kl_sum"]]))
+            out["logprob_mismatch"] = float(mm[0]) / valid_n
+            out["logprob_mismatch_kl"] = float(mm[1]) / valid_n
+            out["logprob_mismatch_max"] = float(_all_reduce_max(mismatch["max"]))
+            out["old_logps"] = new_old
+        return out
+
+    def train_step(
+        self, groups: Sequence[RolloutGroup], *, temperature: float | None = None
+    ) -> dict[str, Any]:
+        """Train on one batch of groups; returns the step's metrics (`trained` False: no token
+        carried gradient, nothing changed, the version stays)."""
+        started = time.perf_counter()
+        temperature = self.cfg.grpo.temperature if temperature is None else temperature
+        batch = self.prepare(groups)
+        metrics = self._batch_metrics(groups, batch)
+        if batch.loss_tokens == 0:
+            metrics.update(trained=False, step_s=time.perf_counter() - started)
+            log.warning(
+                "step_skipped", step=self.step, reason="no token carries gradient", groups=len(groups)
+            )
+            return metrics
+        lr = self.engine.lr
+        grad_norms = []
+        first = self.accumulate(batch, temperature)
+        grad_norms.append(self.engine.step())
+        later = first
+        for _ in range(self.cfg.grpo.updates_per_batch - 1):
+            later = self.accumulate(
+                batch, temperature, old_logps=first["old_logps"], ref_logps=first.get("ref_logps")
+            )
+            grad_norms.append(self.engine.step())
+        step_s = time.perf_counter() - started
+        tokens = sum(s.length for s in batch.samples)
+        metrics.update(
+            trained=True,
+            loss=first["loss"],
+            entropy=first["entropy"],
+            logprob_mismatch=first["logprob_mismatch"],
+            logprob_mismatch_max=first["logprob_mismatch_max"],
+            logprob_mismatch_kl=first["logprob_mismatch_kl"],
+            grad_norm=grad_norms[0],
+            lr=lr,
+            micro_batches=len(batch.micro_batches),
+            tokens=tokens,
+            loss_tokens=batch.loss_tokens,
+            optimizer_steps=self.engine.optimizer_steps,
+            new_version=self.version + 1,
+            step_s=step_s,
+            tokens_per_s=tokens * world_size() / step_s,
+        )
+        if "kl" in first:
+            metrics["kl"] = first["kl"]
+        if self.cfg.grpo.updates_per_batch > 1:
+            metrics.update(
+                clip_frac=later["clip_frac"], loss_last=later["loss"], grad_norm_last=grad_norms[-1]
+            )
+        self.step += 1
+        self.version += 1
+        log.info(
+            "train_step",
+            step=metrics["step"],
+            version=self.version,
+            loss=round(metrics["loss"], 6),
+            reward=round(metrics["reward_mean"], 4),
+            entropy=round(metrics["entropy"], 4),
+            grad_norm=round(metrics["grad_norm"], 4),
+            mismatch=round(metrics["logprob_mismatch"], 6),
+            zero_var=metrics["groups_zero_var"],
+            unjudged=metrics["groups_unjudged"],
+            step_s=round(step_s, 3),
+        )
+        return metrics
+
+    def _batch_metrics(self, groups: Sequence[RolloutGroup], batch: PreparedBatch) -> dict[str, Any]:
+        """What the batch held: rewards, accuracy and lengths of every judged completion."""
+        sel = batch.selection
+        completions = [(g.kind, c) for g in sel.judged for c in g.completions]
+        lengths = [len(c.token_ids) for _, c in completions]
+        versions = (
+            [g.policy_version for g in sel.trained] or [g.policy_version for g in groups] or [self.version]
+        )
+        stages = Counter(g.stage for g in groups)
+        metrics: dict[str, Any] = {
+            "kind": "train",
+            "step": self.step,
+            "policy_version": self.version,
+            "stage": stages.most_common(1)[0][0] if stages else None,
+            "sample_versions": [min(versions), max(versions)],
+            "groups": len(groups),
+            "groups_trained": len(sel.trained),
+            "groups_unjudged": sel.unjudged,
+            "groups_zero_var": sel.zero_variance,
+            "zero_var_frac": sel.zero_variance / len(sel.judged) if sel.judged else 0.0,
+            "completions": len(completions),
+            "reward_mean": float(np.mean([c.reward for _, c in completions])) if completions else 0.0,
+            "accuracy": float(np.mean([is_correct(c.judge_status) for _, c in completions]))
+            if completions
+            else 0.0,
+            "response_len_mean": float(np.mean(lengths)) if lengths else 0.0,
+            "response_len_max": max(lengths, default=0),
+            "truncated_frac": float(np.mean([c.truncated for _, c in completions])) if completions else 0.0,
+        }
+        for kind in sorted({k for k, _ in completions}):
+            of_kind = [c for k, c in completions if k == kind]
+            metrics[f"reward_mean_{kind}"] = float(np.mean([c.reward for c in of_kind]))
+            metrics[f"accuracy_{kind}"] = float(np.mean([is_correct(c.judge_status) for c in of_kind]))
+        return metrics
+
+    # ---- weights and checkpoints -------------------------------------------------------------
+
+    def weights(self) -> dict[str, Tensor]:
+        """A CPU snapshot of the current weights for publishing (dtype per `publish.dtype`)."""
+        dtype = None if self.cfg.publish.dtype == "model" else getattr(torch, self.cfg.publish.dtype)
+        return self.engine.named_weights(dtype)
+
+    def save_checkpoint(self, extra_state: dict[str, Any] | None = None) -> Path:
+        c = self.cfg.checkpoint
+        return checkpoint.save(
+            self.cfg.checkpoint_dir,
+            self.engine,
+            step=self.step,
+            policy_version=self.version,
+            optimizer_steps=self.engine.optimizer_steps,
+            extra_state=extra_state,
+            hf_model=c.hf_model,
+            tokenizer_dir=self.cfg.model.path,
+            keep_last=c.keep_last,
+        )
+
+    def resume(self, path: Path | None = None) -> checkpoint.CheckpointState | None:
+        """Load `path`, or the newest complete checkpoint of the run; None when there is none."""
+        path = path or checkpoint.find_latest(self.cfg.checkpoint_dir)
+        if path is None:
+            return None
+        state = checkpoint.load(path, self.engine)
+        self.step, self.version = state.step, state.policy_version
+        return state
+
+    def due_checkpoint(self) -> bool:
+        every = self.cfg.checkpoint.every_steps
+        return every > 0 and self.step > 0 and self.step % every == 0
