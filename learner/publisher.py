@@ -65,7 +65,7 @@ def weight_chunks(tensors: Mapping[str, Tensor], version: int, chunk_bytes: int)
                 dtype=TORCH_DTYPES[tensor.dtype],
                 shape=list(tensor.shape),
                 offset=offset,
-                data=bytes(data[offset:end]),
+                data=data[offset:end],  # a view of the snapshot: no copy
                 last=index == len(names) - 1 and end == len(data),
             )
             seq += 1
@@ -94,8 +94,8 @@ class WeightAssembler:
             self._buffers[chunk.name] = (bytearray(chunk.tensor_bytes), chunk)
             self._filled[chunk.name] = 0
         buffer, _ = self._buffers[chunk.name]
-        buffer[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
-        self._filled[chunk.name] += len(chunk.data)
+        buffer[chunk.offset : chunk.offset + chunk.data_bytes] = chunk.data
+        self._filled[chunk.name] += chunk.data_bytes
         self.done = chunk.last
         return self.done
 
