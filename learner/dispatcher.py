@@ -129,7 +129,7 @@ class Dispatcher:
             log.exception("dispatcher_failed")
             raise
         finally:
-            self._server.close()
+            self._server.close(linger_ms=1_000)
 
     def _handle(self, request: Request) -> None:
         message = request.message
@@ -138,18 +138,23 @@ class Dispatcher:
             self._server.reply_error(request, "bad_request", f"the dispatcher does not take {message.TYPE}")
             return
         seen = self.generators.get(sender)
-        if seen is None or isinstance(message, Hello):
-            if seen is None:
-                log.info("generator_joined", generator=sender)
-            seen = self.generators[sender] = GeneratorSeen(request.peer, time.monotonic())
-            if isinstance(message, Hello):
-                seen.info = dict(message.info)
-            if self.announcement is not None:
-                self._outbox.append((sender, self.announcement))
-        seen.peer = request.peer
-        seen.last_seen = time.monotonic()
+        if isinstance(message, (Hello, Credit)):
+            # Work is pushed to the socket that asks for it; heartbeats and results may come
+            # from other sockets of the same generator.
+            if seen is None or isinstance(message, Hello):
+                if seen is None:
+                    log.info("generator_joined", generator=sender)
+                seen = self.generators[sender] = GeneratorSeen(request.peer, time.monotonic())
+                if isinstance(message, Hello):
+                    seen.info = dict(message.info)
+                if self.announcement is not None:
+                    self._outbox.append((sender, self.announcement))
+            seen.peer = request.peer
+        if seen is not None:
+            seen.last_seen = time.monotonic()
         detail = ""
         if isinstance(message, Credit):
+            assert seen is not None
             seen.credits += message.credits
         elif isinstance(message, RolloutGroup):
             detail = self.ledger.accept(message)

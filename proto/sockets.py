@@ -83,6 +83,25 @@ def _configure(socket: zmq.Socket, limits: SocketLimits) -> None:
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, limits.heartbeat_timeout_ms)
 
 
+def _recv_frames(socket: zmq.Socket, timeout_ms: int) -> list[zmq.Frame] | None:
+    """The next multipart message, or None after `timeout_ms`.
+
+    Polling alone is not enough: libzmq does not report messages left in the pipe of a peer
+    that has just disconnected, though they can still be read. So try to read first, and poll
+    in short slices between tries.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        try:
+            return socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            return None
+        socket.poll(min(remaining_ms, 100), zmq.POLLIN)
+
+
 @dataclass(frozen=True)
 class Request:
     peer: bytes
@@ -126,10 +145,9 @@ class Server:
         timeout = self.limits.recv_timeout_ms if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + timeout / 1000
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(remaining_ms, zmq.POLLIN):
+            frames = _recv_frames(self._socket, max(0, int((deadline - time.monotonic()) * 1000)))
+            if frames is None:
                 return None
-            frames = self._socket.recv_multipart(copy=False)
             peer = frames[0].bytes
             if len(frames) < 3 or len(frames[1]) > MAX_REQUEST_ID_BYTES:
                 self._reject(peer, b"", ProtocolError("frame", "expected frames [request_id, message...]"))
@@ -168,10 +186,11 @@ class Server:
             peer, Error(code="bad_request", detail=str(error)[:4000]), request_id[:MAX_REQUEST_ID_BYTES]
         )
 
-    def close(self) -> None:
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close; `linger_ms` bounds how long queued messages may still be delivered."""
         if self._authenticator is not None:
             self._authenticator.stop()
-        self._socket.close(linger=self.limits.linger_ms)
+        self._socket.close(linger=self.limits.linger_ms if linger_ms is None else linger_ms)
         self._context.term()
 
     def __enter__(self) -> Server:
@@ -246,8 +265,7 @@ class Client:
             if request_id in self._stash:
                 reply = self._stash.pop(request_id)
             else:
-                remaining_ms = int((deadline - time.monotonic()) * 1000)
-                got = self._recv_wire(max(0, remaining_ms)) if remaining_ms > 0 else None
+                got = self._recv_wire(max(0, int((deadline - time.monotonic()) * 1000)))
                 if got is None:
                     raise TimeoutError(f"no reply to {message.TYPE} from {self.address} within {timeout} ms")
                 if got.request_id != request_id:
@@ -261,10 +279,9 @@ class Client:
     def _recv_wire(self, timeout_ms: int) -> Reply | None:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(remaining_ms, zmq.POLLIN):
+            frames = _recv_frames(self._socket, max(0, int((deadline - time.monotonic()) * 1000)))
+            if frames is None:
                 return None
-            frames = self._socket.recv_multipart(copy=False)
             try:
                 if len(frames) < 2:
                     raise ProtocolError("frame", "expected frames [request_id, message...]")

@@ -28,6 +28,7 @@ from proto import (
     RemoteError,
     Request,
     Server,
+    Shutdown,
     SocketLimits,
     WeightChunk,
     WeightRequest,
@@ -335,3 +336,16 @@ def test_encode_is_what_travels() -> None:
         request_id, payload = raw.recv_multipart()
         assert request_id == b"id-1" and decode(payload) == Ack(detail="g2")
         raw.close()
+
+
+def test_a_message_sent_just_before_the_server_closes_is_still_read() -> None:
+    server = Server("tcp://127.0.0.1:*", limits=FAST)
+    with Client(server.address, limits=FAST, identity="g0") as client:
+        client.send(heartbeat())
+        request = server.recv()
+        assert request is not None
+        assert server.send(request.peer, Shutdown(reason="bye"))
+        server.close(linger_ms=1_000)
+        time.sleep(0.2)  # the disconnect is processed before the client reads
+        reply = client.recv(timeout_ms=1_000)
+        assert reply is not None and reply.message == Shutdown(reason="bye")

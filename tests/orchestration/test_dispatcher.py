@@ -1,0 +1,164 @@
+"""The dispatcher over real sockets, with generators scripted from proto.Client."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from learner.dispatcher import Dispatcher
+from learner.schedule import Schedule
+from learner.work_ledger import WorkLedger
+from proto import (
+    Ack,
+    Client,
+    Credit,
+    Error,
+    Heartbeat,
+    Hello,
+    JudgeRequest,
+    RemoteError,
+    Shutdown,
+    SocketLimits,
+    WeightAnnounce,
+    WorkBatch,
+    WorkCancel,
+    WorkItem,
+)
+from tests.orchestration.test_work_ledger import answer, math_prompts, stage
+
+LIMITS = SocketLimits(recv_timeout_ms=3_000, send_timeout_ms=3_000)
+
+
+class ScriptedGenerator:
+    """A generator without an engine: answers each item at once with a fixed reward pattern."""
+
+    def __init__(self, address: str, name: str) -> None:
+        self.name = name
+        self.client = Client(address, limits=LIMITS, identity=name)
+        self.client.request(Hello(sender=name, role="generator"))
+        self.items: list[WorkItem] = []
+        self.pushed: list = []
+
+    def credit(self, credits: int) -> None:
+        self.client.request(Credit(generator_id=self.name, credits=credits))
+
+    def collect(self, count: int | None, timeout_s: float = 5.0) -> list[WorkItem]:
+        """Work items pushed until `count` arrived (None: until `timeout_s` passes)."""
+        deadline = time.monotonic() + timeout_s
+        got: list[WorkItem] = []
+        while (count is None or len(got) < count) and time.monotonic() < deadline:
+            reply = self.client.recv(timeout_ms=100)
+            if reply is None:
+                continue
+            if isinstance(reply.message, WorkBatch):
+                got += reply.message.items
+            else:
+                self.pushed.append(reply.message)
+        return got
+
+    def answer(self, item: WorkItem) -> str:
+        reply = self.client.request(answer(item, generator=self.name))
+        assert isinstance(reply, Ack)
+        return reply.detail
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@pytest.fixture
+def dispatcher() -> Dispatcher:
+    book = WorkLedger(Schedule(stages=[stage("m", steps=3, batch=4)], lease_s=60), [math_prompts(30)])
+    running = Dispatcher(book, heartbeat_timeout_s=1.0, limits=LIMITS).start()
+    yield running
+    running.stop()
+
+
+def test_a_step_round_trip(dispatcher: Dispatcher) -> None:
+    gen = ScriptedGenerator(dispatcher.address, "g0")
+    gen.credit(10)
+    items = gen.collect(4)
+    assert len(items) == 4 and gen.collect(None, timeout_s=0.3) == []  # strict: one batch only
+    assert [gen.answer(i) for i in items] == ["accepted"] * 4
+    assert gen.answer(items[0]) == "late"  # a resend is acknowledged but not counted
+    batch = dispatcher.take_batch(timeout_s=5)
+    assert sorted(g.work_id for g in batch) == sorted(i.id for i in items)
+    announcement = WeightAnnounce(version=1, num_tensors=3, total_bytes=100, address="tcp://127.0.0.1:1")
+    dispatcher.publish(announcement)
+    nxt = gen.collect(4)
+    assert announcement in gen.pushed  # the announcement arrives before the work that needs it
+    assert {i.policy_version for i in nxt} == {1}
+    gen.close()
+
+
+def test_a_silent_generator_loses_its_work_to_another(dispatcher: Dispatcher) -> None:
+    quiet = ScriptedGenerator(dispatcher.address, "quiet")
+    quiet.credit(4)
+    held = quiet.collect(4)
+    busy = ScriptedGenerator(dispatcher.address, "busy")
+    busy.credit(4)
+    stop = threading.Event()
+
+    def beat() -> None:  # only "busy" keeps its heartbeat
+        while not stop.is_set():
+            busy_beat.request(Heartbeat(sender="busy", role="generator", time=time.time()))
+            time.sleep(0.2)
+
+    busy_beat = Client(dispatcher.address, limits=LIMITS)
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        reissued = busy.collect(4, timeout_s=5)
+        assert sorted(i.id for i in reissued) == sorted(i.id for i in held)
+        assert {i.attempt for i in reissued} == {1}
+        for item in reissued:
+            assert busy.answer(item) == "accepted"
+        assert quiet.answer(held[0]) == "late"  # it comes back too late: dropped
+        batch = dispatcher.take_batch(timeout_s=5)
+        assert sorted(g.work_id for g in batch) == sorted(i.id for i in held)
+        assert {g.generator_id for g in batch} == {"busy"}
+    finally:
+        stop.set()
+        beater.join()
+        busy_beat.close()
+        quiet.close()
+        busy.close()
+
+
+def test_over_issued_work_is_cancelled(dispatcher: Dispatcher) -> None:
+    dispatcher.ledger.overissue = 1.5
+    gen = ScriptedGenerator(dispatcher.address, "g0")
+    gen.credit(10)
+    items = gen.collect(6)
+    assert len(items) == 6
+    for item in items[:4]:
+        gen.answer(item)
+    dispatcher.take_batch(timeout_s=5)
+    gen.collect(None, timeout_s=0.5)
+    cancels = [m for m in gen.pushed if isinstance(m, WorkCancel)]
+    assert sorted(w for c in cancels for w in c.work_ids) == sorted(i.id for i in items[4:])
+    gen.close()
+
+
+def test_bad_requests_are_refused_and_the_dispatcher_goes_on(dispatcher: Dispatcher) -> None:
+    with Client(dispatcher.address, limits=LIMITS) as client:
+        with pytest.raises(RemoteError, match="does not take judge_request"):
+            client.request(JudgeRequest(id="x", kind="math", response="r", answer="1"))
+        assert isinstance(client.request(Heartbeat(sender="h", role="generator", time=0.0)), Ack)
+
+
+def test_take_batch_times_out_with_a_reason(dispatcher: Dispatcher) -> None:
+    with pytest.raises(TimeoutError, match="0 groups ready"):
+        dispatcher.take_batch(timeout_s=0.3)
+
+
+def test_stop_tells_generators_to_shut_down() -> None:
+    book = WorkLedger(Schedule(stages=[stage("m", steps=1, batch=2)]), [math_prompts(5)])
+    running = Dispatcher(book, limits=LIMITS).start()
+    gen = ScriptedGenerator(running.address, "g0")
+    running.stop(reason="done")
+    gen.collect(None, timeout_s=0.5)
+    assert any(isinstance(m, Shutdown) and m.reason == "done" for m in gen.pushed)
+    assert not any(isinstance(m, Error) for m in gen.pushed)
+    gen.close()
