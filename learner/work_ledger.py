@@ -298,8 +298,8 @@ class WorkLedger:
 
     def publish(self, version: int) -> None:
         """The learner finished a step: generators may now sample with `version`."""
-        if version <= self.published:
-            raise ValueError(f"version {version} is not newer than {self.published}")
+        if version < self.published:
+            raise ValueError(f"version {version} is older than the published {self.published}")
         self.published = version
 
     # -- checkpoints ----------------------------------------------------------------------------

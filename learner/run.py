@@ -1,0 +1,150 @@
+"""The training run: the stage schedule, driven through the dispatcher and its version gate.
+
+publish v0
+loop over steps v = 0, 1, ...:
+    batch  <- dispatcher.take_batch()    # only groups sampled with versions v-k .. v
+    learner.train_step(batch)            # one GRPO update: weights v -> v+1
+    publish v+1                          # generators fetch it; work for v+1 is issued
+    checkpoint every N steps, with the dispatcher's state inside
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import Field
+
+from learner.config import LearnerConfig, Section
+from learner.dispatcher import Dispatcher
+from learner.metrics import MetricsWriter
+from learner.prompts import load_prompts
+from learner.publisher import WeightPublisher
+from learner.schedule import Schedule
+from learner.trainer import Learner
+from learner.work_ledger import WorkLedger, split_work_id
+from proto.curve import CurveServerKeys
+
+log = structlog.get_logger("learner.run")
+
+
+class DispatchConfig(Section):
+    address: str = "tcp://127.0.0.1:5555"
+    curve_secret_file: Path | None = None  # required to bind off loopback (and for publish.address)
+    curve_clients_dir: Path | None = None  # public keys of the generators let in
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    overissue: float = Field(default=1.0, ge=1.0)  # with dynamic sampling: spare prompts in flight
+    batch_timeout_s: float = Field(default=1800.0, gt=0)  # no batch in this time stops the run
+
+
+class RunConfig(LearnerConfig):
+    schedule: Schedule
+    dispatch: DispatchConfig = DispatchConfig()
+
+
+class GateViolation(RuntimeError):
+    """A batch held a group the version gate or the stage should have kept out (a bug, never data)."""
+
+
+def check_batch(batch: list, step: int, stage_index: int, max_staleness: int) -> None:
+    for group in batch:
+        if not step - max_staleness <= group.policy_version <= step:
+            raise GateViolation(f"{group.work_id}: version {group.policy_version} trained at step {step}")
+        if group.stage != stage_index:
+            raise GateViolation(f"{group.work_id}: stage {group.stage} trained in stage {stage_index}")
+
+
+def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None) -> dict[str, Any]:
+    """Run the schedule to its end (or `max_steps`); returns a summary."""
+    schedule = cfg.schedule
+    prompt_sets = [load_prompts(stage.prompts, stage.kind) for stage in schedule.stages]
+    ledger = WorkLedger(schedule, prompt_sets, overissue=cfg.dispatch.overissue)
+    learner = Learner(cfg)
+    metrics = MetricsWriter(cfg.run_dir, jsonl=cfg.metrics.jsonl, tensorboard=cfg.metrics.tensorboard)
+    if resume and (state := learner.resume()) is not None:
+        ledger.restore(state.extra_state["dispatcher"])
+        metrics.drop_from(state.step)
+        log.info("resumed", step=state.step, stage=ledger.stage_index, pending=len(ledger.queue))
+    curve = (
+        CurveServerKeys(cfg.dispatch.curve_secret_file, cfg.dispatch.curve_clients_dir)
+        if cfg.dispatch.curve_secret_file is not None
+        else None
+    )
+    publisher = WeightPublisher(
+        cfg.publish.address or "tcp://127.0.0.1:*",
+        chunk_bytes=cfg.publish.chunk_bytes,
+        max_streams=cfg.publish.max_streams,
+        send_timeout_s=cfg.publish.send_timeout_s,
+        curve=curve,
+    )
+    dispatcher = Dispatcher(
+        ledger, cfg.dispatch.address, curve=curve, heartbeat_timeout_s=cfg.dispatch.heartbeat_timeout_s
+    )
+    log.info("dispatcher_ready", address=dispatcher.address, weights=publisher.address)
+    dispatcher.start()
+    saved_at = learner.step
+    started = time.perf_counter()
+    try:
+        dispatcher.publish(publisher.publish(learner.version, learner.weights()))
+        while not ledger.done and (max_steps is None or learner.step < max_steps):
+            record = _one_step(cfg, learner, dispatcher, publisher)
+            metrics.write(record)
+            if learner.due_checkpoint():
+                learner.save_checkpoint({"dispatcher": dispatcher.state()})
+                saved_at = learner.step
+        if cfg.checkpoint.every_steps > 0 and saved_at != learner.step:
+            learner.save_checkpoint({"dispatcher": dispatcher.state()})
+    finally:
+        dispatcher.stop(reason="run finished" if ledger.done else "learner stopped")
+        publisher.close()
+        metrics.close()
+    summary = {
+        "steps": learner.step,
+        "version": learner.version,
+        "done": ledger.done,
+        "seconds": time.perf_counter() - started,
+        "counts": dict(ledger.counts),
+    }
+    log.info("run_finished", **summary)
+    return summary
+
+
+def _one_step(
+    cfg: RunConfig, learner: Learner, dispatcher: Dispatcher, publisher: WeightPublisher
+) -> dict[str, Any]:
+    ledger = dispatcher.ledger
+    stage_index = ledger.stage_index
+    stage = cfg.schedule.stages[stage_index]
+    learner.engine.set_lr(stage.learning_rate)
+    cfg.grpo.mask_truncated = stage.mask_truncated
+    cfg.grpo.drop_zero_variance = cfg.schedule.dynamic_sampling
+    counts_before = dispatcher.counts()
+    waited = time.perf_counter()
+    batch = dispatcher.take_batch(cfg.dispatch.batch_timeout_s)
+    wait_s = time.perf_counter() - waited
+    step = learner.step
+    check_batch(batch, step, stage_index, cfg.schedule.max_staleness)
+    epoch = split_work_id(batch[0].work_id)[1]
+    _, temperature = stage.sampling_at(epoch)
+    record = learner.train_step(batch, temperature=temperature if temperature > 0 else 1.0)
+    if not record["trained"]:
+        learner.step += 1  # nothing carried gradient: the weights stay, the version still moves on
+        learner.version += 1
+    published = time.perf_counter()
+    dispatcher.publish(publisher.publish(learner.version, learner.weights()))
+    counts = dispatcher.counts()
+    delta = {key: counts.get(key, 0) - counts_before.get(key, 0) for key in counts}
+    judged_groups = delta.get("accepted", 0) + delta.get("zero_variance", 0)
+    record.update(
+        stage=stage_index,
+        stage_name=stage.name,
+        epoch=epoch,
+        policy_version=step,
+        wait_s=wait_s,
+        publish_s=time.perf_counter() - published,
+        zero_var_frac=delta.get("zero_variance", 0) / judged_groups if judged_groups else 0.0,
+        **{f"dispatch_{key}": value for key, value in delta.items() if value},
+    )
+    return record
