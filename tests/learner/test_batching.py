@@ -1,0 +1,72 @@
+"""Micro-batches by token budget, and the alignment of targets, masks and advantages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from learner.batching import build_samples, collate, micro_batches, plan_micro_batches
+from learner.grpo import select_groups
+from tests.learner.rollouts import completion, group, mixed_batch
+
+
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=60), st.integers(1, 1000))
+def test_plan_covers_every_sequence_once_within_budget(lengths: list[int], budget: int) -> None:
+    plan = plan_micro_batches(lengths, budget)
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+    for batch in plan:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) * width <= budget or len(batch) == 1  # a too-long sequence goes alone
+
+
+def test_longest_first_keeps_padding_small() -> None:
+    plan = plan_micro_batches([5, 100, 6, 98, 7, 99], token_budget=300)
+    assert plan == [[1, 5, 3], [4, 2, 0]]
+
+
+def test_targets_masks_and_advantages_line_up() -> None:
+    groups = mixed_batch()
+    sel = select_groups(groups, drop_zero_variance=True, eps=1e-6)
+    samples = build_samples(sel.trained, sel.advantages, mask_truncated=True)
+    mb = collate(samples)
+    for row, s in enumerate(samples):
+        cols = np.flatnonzero(mb.valid_mask[row].numpy())
+        assert len(cols) == len(s.completion)
+        positions = mb.keep[cols].numpy()
+        # The logits at position t predict the token at t + 1: exactly the completion's tokens.
+        np.testing.assert_array_equal(mb.input_ids[row, positions + 1].numpy(), s.completion)
+        np.testing.assert_array_equal(mb.targets[row, cols].numpy(), s.completion)
+        assert positions[0] == len(s.prompt) - 1
+        assert float(mb.loss_mask[row].sum()) == (len(s.completion) if s.trained else 0)
+        np.testing.assert_allclose(mb.advantages[row, cols].numpy(), s.advantage)
+        np.testing.assert_allclose(mb.sampler_logp[row, cols].numpy(), s.sampler_logp)
+        assert int(mb.attention_mask[row].sum()) == s.length
+    truncated = [s for s in samples if not s.trained]
+    assert len(truncated) == 3  # a, b and f each have one completion cut at the limit
+
+
+def test_overlong_filtering_is_switchable() -> None:
+    g = group("t", [1, 2, 3], [completion([4, 5], 1.0, truncated=True), completion([6], 0.0)])
+    adv = [np.array([1.0, -1.0], dtype=np.float32)]
+    masked = build_samples([g], adv, mask_truncated=True)
+    kept = build_samples([g], adv, mask_truncated=False)
+    assert [s.trained for s in masked] == [False, True]
+    assert [s.trained for s in kept] == [True, True]
+
+
+def test_empty_prompt_is_refused_and_empty_completion_skipped() -> None:
+    with pytest.raises(ValueError, match="rollout_group bad: prompt_token_ids is empty"):
+        build_samples([group("bad", [], [completion([1], 1.0)])], [np.zeros(1)], mask_truncated=True)
+    g = group("ok", [1], [completion([], 0.0), completion([2, 3], 1.0)])
+    assert len(build_samples([g], [np.array([-1.0, 1.0])], mask_truncated=True)) == 1
+
+
+def test_micro_batches_split_the_batch() -> None:
+    sel = select_groups(mixed_batch(), drop_zero_variance=False, eps=1e-6)
+    samples = build_samples(sel.trained, sel.advantages, mask_truncated=True)
+    mbs = micro_batches(samples, token_budget=40)
+    assert len(mbs) > 1
+    assert sum(int(mb.valid_mask.sum()) for mb in mbs) == sum(len(s.completion) for s in samples)
+    assert all(mb.input_ids.numel() <= 40 or mb.input_ids.shape[0] == 1 for mb in mbs)
