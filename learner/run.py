@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from pydantic import Field
 
+from learner.batch_log import BatchLog
 from learner.config import LearnerConfig, Section
 from learner.dispatcher import Dispatcher
 from learner.metrics import MetricsWriter
@@ -63,9 +64,11 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
     ledger = WorkLedger(schedule, prompt_sets, overissue=cfg.dispatch.overissue)
     learner = Learner(cfg)
     metrics = MetricsWriter(cfg.run_dir, jsonl=cfg.metrics.jsonl, tensorboard=cfg.metrics.tensorboard)
+    batches = BatchLog(cfg.run_dir)
     if resume and (state := learner.resume()) is not None:
         ledger.restore(state.extra_state["dispatcher"])
         metrics.drop_from(state.step)
+        batches.drop_from(state.step)
         log.info("resumed", step=state.step, stage=ledger.stage_index, pending=len(ledger.queue))
     curve = (
         CurveServerKeys(cfg.dispatch.curve_secret_file, cfg.dispatch.curve_clients_dir)
@@ -89,7 +92,7 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
     try:
         dispatcher.publish(publisher.publish(learner.version, learner.weights()))
         while not ledger.done and (max_steps is None or learner.step < max_steps):
-            record = _one_step(cfg, learner, dispatcher, publisher)
+            record = _one_step(cfg, learner, dispatcher, publisher, batches)
             metrics.write(record)
             if learner.due_checkpoint():
                 learner.save_checkpoint({"dispatcher": dispatcher.state()})
@@ -112,7 +115,7 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
 
 
 def _one_step(
-    cfg: RunConfig, learner: Learner, dispatcher: Dispatcher, publisher: WeightPublisher
+    cfg: RunConfig, learner: Learner, dispatcher: Dispatcher, publisher: WeightPublisher, batches: BatchLog
 ) -> dict[str, Any]:
     ledger = dispatcher.ledger
     stage_index = ledger.stage_index
@@ -126,6 +129,7 @@ def _one_step(
     wait_s = time.perf_counter() - waited
     step = learner.step
     check_batch(batch, step, stage_index, cfg.schedule.max_staleness)
+    batches.write(step, stage_index, batch)
     epoch = split_work_id(batch[0].work_id)[1]
     _, temperature = stage.sampling_at(epoch)
     record = learner.train_step(batch, temperature=temperature if temperature > 0 else 1.0)

@@ -13,7 +13,7 @@ import ipaddress
 import itertools
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,6 +227,7 @@ class Client:
         self.malformed = 0  # replies that failed to decode (dropped)
         self._prefix = f"{os.getpid()}-{id(self):x}-".encode()
         self._stash: OrderedDict[bytes, Message] = OrderedDict()  # replies received out of order
+        self._pushed: deque[Message] = deque()  # pushes (empty request id) received meanwhile
         self._max_stashed = max_stashed
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
@@ -251,6 +252,8 @@ class Client:
 
     def recv(self, timeout_ms: int | None = None) -> Reply | None:
         """The next reply or pushed message, or None after `timeout_ms`."""
+        if self._pushed:
+            return Reply(b"", self._pushed.popleft())
         if self._stash:
             request_id, message = self._stash.popitem(last=False)
             return Reply(request_id, message)
@@ -292,10 +295,14 @@ class Client:
                 log.warning("bad_reply", address=self.address, error=str(exc)[:300])
 
     def _stash_reply(self, reply: Reply) -> None:
-        self._stash[reply.request_id] = reply.message
-        if len(self._stash) > self._max_stashed:
-            dropped, _ = self._stash.popitem(last=False)
-            log.warning("reply_stash_full", address=self.address, dropped=dropped.decode(errors="replace"))
+        if reply.request_id:
+            self._stash[reply.request_id] = reply.message
+        else:
+            self._pushed.append(reply.message)
+        if len(self._stash) + len(self._pushed) > self._max_stashed:
+            # Bounded: the oldest unclaimed reply goes first, then the oldest push.
+            dropped = self._stash.popitem(last=False)[1] if self._stash else self._pushed.popleft()
+            log.warning("reply_stash_full", address=self.address, dropped=dropped.TYPE)
 
     def close(self) -> None:
         self._socket.close(linger=self.limits.linger_ms)

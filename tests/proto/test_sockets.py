@@ -349,3 +349,18 @@ def test_a_message_sent_just_before_the_server_closes_is_still_read() -> None:
         time.sleep(0.2)  # the disconnect is processed before the client reads
         reply = client.recv(timeout_ms=1_000)
         assert reply is not None and reply.message == Shutdown(reason="bye")
+
+
+def test_pushes_received_while_waiting_for_a_reply_are_all_kept() -> None:
+    def push_three_then_reply(server: Server, request: Request) -> None:
+        for i in range(3):
+            server.send(request.peer, Ack(detail=f"push{i}"))
+        echo(server, request)
+
+    with (
+        serving("tcp://127.0.0.1:*", push_three_then_reply) as server,
+        Client(server.address, limits=FAST) as client,
+    ):
+        assert client.request(heartbeat(1)) == Ack(detail="g1")
+        pushes = [client.recv(timeout_ms=1_000) for _ in range(3)]
+        assert [(p.request_id, p.message.detail) for p in pushes] == [(b"", f"push{i}") for i in range(3)]
