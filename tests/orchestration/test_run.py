@@ -1,0 +1,120 @@
+"""The run loop with the real DeepSpeed learner, dispatcher and weight publisher over real
+sockets; generators are scripted (the engine-backed ones are tested in test_run_engines.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from learner.batch_log import read_batches
+from learner.run import RunConfig, train
+from learner.work_ledger import split_work_id
+from tests.orchestration.scripted_generator import ScriptedGenerator
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    math = tmp_path / "math.jsonl"
+    math.write_text(
+        "".join(
+            json.dumps({"id": f"m{i}", "prompt": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(10)
+        )
+    )
+    code = tmp_path / "code.jsonl"
+    code.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "prompt": f"print {i}", "tests": [{"input": "", "output": str(i)}]})
+            + "\n"
+            for i in range(6)
+        )
+    )
+    return math, code
+
+
+def config(tiny_model_dir: Path, tmp_path: Path, address: str, **schedule) -> RunConfig:
+    math, code = prompt_files(tmp_path)
+    stage = {"max_response_tokens": 8, "batch_prompts": 3, "n": 4, "learning_rate": 1e-4}
+    return RunConfig.model_validate(
+        {
+            "run_dir": tmp_path / "run",
+            "model": {"path": tiny_model_dir},
+            "metrics": {"tensorboard": False},
+            "checkpoint": {"every_steps": 2, "hf_model": False},
+            "dispatch": {"address": address, "heartbeat_timeout_s": 10, "batch_timeout_s": 60},
+            "schedule": {
+                "stages": [
+                    {"name": "math-8", "kind": "math", "prompts": math, "steps": 3, **stage},
+                    {"name": "code-16", "kind": "code", "prompts": code, "steps": 2, **stage},
+                ],
+                **schedule,
+            },
+        }
+    )
+
+
+def run_with_generators(cfg: RunConfig, count: int = 2, **train_args) -> tuple[dict, list[ScriptedGenerator]]:
+    generators = [ScriptedGenerator(cfg.dispatch.address, f"g{i}", seed=i) for i in range(count)]
+    for generator in generators:
+        generator.start()
+    try:
+        summary = train(cfg, **train_args)
+    finally:
+        for generator in generators:
+            generator.stop_event.set()
+            generator.join(timeout=10)
+    assert [g.error for g in generators] == [None] * count
+    return summary, generators
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_every_trained_sample_has_the_version_its_step_allows(
+    tiny_model_dir: Path, tmp_path: Path, staleness: int
+) -> None:
+    cfg = config(tiny_model_dir, tmp_path, f"tcp://127.0.0.1:{free_port()}", max_staleness=staleness)
+    summary, generators = run_with_generators(cfg)
+    assert summary["done"] and summary["steps"] == 5
+    records = train_records(cfg.run_dir)
+    batches = read_batches(cfg.run_dir)
+    assert [r["step"] for r in records] == [b["step"] for b in batches] == list(range(5))
+    for record, batch in zip(records, batches, strict=True):
+        low, high = record["sample_versions"]
+        assert record["step"] - staleness <= low <= high <= record["step"]
+        assert all(record["step"] - staleness <= v <= record["step"] for v in batch["versions"])
+    # math stage first, then code: never a math sample in the code stage
+    assert [b["stage"] for b in batches] == [0, 0, 0, 1, 1]
+    for batch in batches:
+        assert {split_work_id(w)[0] for w in batch["work_ids"]} == {batch["stage"]}
+        assert all(w.split("/")[2][0] == "mc"[batch["stage"]] for w in batch["work_ids"])
+    # no prompt is trained twice within an epoch
+    trained = [w for b in batches for w in b["work_ids"]]
+    assert len(trained) == len(set(trained))
+    assert all(g.shutdown_reason == "run finished" for g in generators)
+    assert {v for g in generators for v in g.announced} >= set(range(5))
+
+
+def test_resume_mid_stage_trains_the_same_prompts(tiny_model_dir: Path, tmp_path: Path) -> None:
+    straight = config(tiny_model_dir, tmp_path / "a", f"tcp://127.0.0.1:{free_port()}")
+    run_with_generators(straight, count=1)
+    stopped = config(tiny_model_dir, tmp_path / "b", f"tcp://127.0.0.1:{free_port()}")
+    run_with_generators(stopped, count=1, max_steps=2)  # checkpoint at step 2, mid math stage
+    summary, _ = run_with_generators(stopped, count=1, resume=True)
+    assert summary["done"] and summary["steps"] == 5
+    assert [b["work_ids"] for b in read_batches(stopped.run_dir)] == [
+        b["work_ids"] for b in read_batches(straight.run_dir)
+    ]
