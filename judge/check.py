@@ -41,7 +41,8 @@ def parse_line(number: int, line: str) -> JudgeRequest | Verdict:
         problems = []
         for error in exc.errors(include_url=False)[:3]:
             path = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{path}: {error['msg']}" if path else error["msg"])
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}: {message}" if path else message)
         return _bad(ident, f"line {number}: " + "; ".join(problems))
 
 

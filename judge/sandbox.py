@@ -160,7 +160,7 @@ class Sandbox:
             self.nsjail,
             "--mode",
             "o",
-            "--really_quiet",
+            "--quiet",
             "--user",
             f"{self.config.uid}:{self.config.uid}:1",
             "--group",

@@ -48,8 +48,9 @@ def worker_main(connection: Connection, sandbox_config: SandboxConfig, cgroups: 
     """Entry point of a worker process (started by `judge.pool.WorkerPool`)."""
     os.setpgid(0, 0)  # the pool kills this group: the worker and any nsjail it started
     configure_logging()
-    limit = memory_mb << 20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Soft limit only: nsjail, started from here, must stay free to set its own limits.
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, hard))
     sandbox = Sandbox(sandbox_config)
     sandbox.cgroups = cgroups  # the daemon prepared them (or found it could not) at start
     connection.send(("ready", os.getpid()))
