@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner import checkpoint
@@ -60,7 +61,10 @@ def test_train_from_a_rollout_file(tiny_model_dir: Path, tmp_path: Path) -> None
 def test_bad_config_exits_with_the_field_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rollouts = tmp_path / "groups.bin"
     write_groups(rollouts, mixed_batch())
-    code = main(["train", "--rollouts", str(rollouts), "--groups-per-step", "2", "grpo.clip_low=-1",
-                 f"run_dir={tmp_path}"])  # fmt: skip
+    try:
+        code = main(["train", "--rollouts", str(rollouts), "--groups-per-step", "2", "grpo.clip_low=-1",
+                     f"run_dir={tmp_path}"])  # fmt: skip
+    finally:
+        structlog.reset_defaults()  # main() pointed the logs at pytest's captured stderr
     assert code == 2
     assert "grpo.clip_low" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -88,13 +90,14 @@ def test_transfers_interleave_and_keep_their_snapshot() -> None:
         with Client(publisher.address) as a, Client(publisher.address) as b:
             id_a = a.send(WeightRequest(version=1, generator_id="a"))
             id_b = b.send(WeightRequest(version=1, generator_id="b"))
-            first_a = a.recv(10_000)
+            first_a, first_b = a.recv(10_000), b.recv(10_000)  # both transfers under way
             assert first_a is not None and first_a.request_id == id_a
+            assert first_b is not None and first_b.request_id == id_b
             publisher.publish(2, v2)
             results = {}
-            for name, client, request_id, first in (("a", a, id_a, first_a), ("b", b, id_b, None)):
+            for name, client, request_id, first in (("a", a, id_a, first_a), ("b", b, id_b, first_b)):
                 assembler = WeightAssembler(1)
-                done = assembler.add(first.message) if first is not None else False
+                done = assembler.add(first.message)
                 while not done:
                     reply = client.recv(10_000)
                     assert reply is not None and reply.request_id == request_id
@@ -103,4 +106,7 @@ def test_transfers_interleave_and_keep_their_snapshot() -> None:
             assert_bitwise_equal(results["a"], v1)
             assert_bitwise_equal(results["b"], v1)
             assert_bitwise_equal(fetch(a, 2), v2)
+        deadline = time.monotonic() + 10  # the counter moves just after the last chunk leaves
+        while publisher.transfers_done < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert publisher.transfers_done == 3
