@@ -54,6 +54,7 @@ class _Pending:
     queued: bool = True  # waiting in the outbox
     backoffs: int = 0
     wire_ids: list[bytes] = field(default_factory=list)
+    give_up_at: float = float("inf")  # even if never sent (daemon unreachable or busy throughout)
 
 
 class JudgeClient:
@@ -80,7 +81,8 @@ class JudgeClient:
         self.max_backoff_s = max_backoff_s
         self.duplicates = 0  # verdicts dropped because their id was already answered
         self.resends = 0  # sends after a timeout, a busy answer or an unreachable daemon
-        limits = SocketLimits(send_timeout_ms=200, max_frame_bytes=max_request_mb << 20)
+        # Sends never block: a daemon that cannot take a request now is retried after a backoff.
+        limits = SocketLimits(send_timeout_ms=0, max_frame_bytes=max_request_mb << 20)
         self._client = Client(address, curve=curve, limits=limits, identity=identity)
         self._pending: dict[str, _Pending] = {}
         self._outbox: list[tuple[float, int, str]] = []  # heap of (not before, order, id)
@@ -97,7 +99,8 @@ class JudgeClient:
         for request in requests:
             if request.id in self._pending:
                 raise ValueError(f"id: {request.id!r} is already pending")
-            self._pending[request.id] = _Pending(request)
+            give_up_at = time.monotonic() + self.attempts * self.request_timeout_s
+            self._pending[request.id] = _Pending(request, give_up_at=give_up_at)
             heapq.heappush(self._outbox, (0.0, next(self._order), request.id))
         self._send_due()
 
@@ -138,7 +141,16 @@ class JudgeClient:
         return found
 
     def stats(self, timeout_s: float = 5.0) -> JudgeStats:
-        reply = self._client.request(StatsRequest(), timeout_ms=int(timeout_s * 1000))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+                reply = self._client.request(StatsRequest(), timeout_ms=remaining_ms)
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)  # not connected yet
         if not isinstance(reply, JudgeStats):
             raise RuntimeError(f"expected judge_stats from {self.address}, got {reply.TYPE}")
         return reply
@@ -204,6 +216,8 @@ class JudgeClient:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        while self._outbox and self._pending_gave_up(self._outbox[0][2], now):
+            heapq.heappop(self._outbox)
         while self._sent and now - self._sent[0][0] >= self.request_timeout_s:
             _, request_id, wire_id = self._sent.popleft()
             pending = self._pending.get(request_id)
@@ -220,11 +234,26 @@ class JudgeClient:
                 log.warning("judge_request_resent", id=request_id, attempt=pending.attempts + 1)
                 self._requeue(request_id, pending, back_off=False)
 
+    def _pending_gave_up(self, request_id: str, now: float) -> bool:
+        """The outbox's first request has waited past its last chance: answer it `timeout`."""
+        pending = self._pending.get(request_id)
+        if pending is None or not pending.queued:
+            return True
+        if now < pending.give_up_at:
+            return False
+        detail = (
+            f"no verdict from the judge at {self.address} within {self.attempts} x "
+            f"{self.request_timeout_s:g} s (it was unreachable or busy)"
+        )
+        self._deliver(Verdict(id=request_id, reward=0, status="timeout", detail=detail))
+        return True
+
     def _receive(self, wire_id: bytes, message: Any) -> None:
         request_id = self._wire.get(wire_id)
         pending = self._pending.get(request_id) if request_id is not None else None
         if pending is None or request_id is None:
-            self.duplicates += 1  # a second answer for an id already returned, or a stray push
+            if isinstance(message, Verdict):
+                self.duplicates += 1  # a second verdict for an id already returned
             return
         if isinstance(message, Verdict):
             if message.id != request_id:
