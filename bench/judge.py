@@ -1,0 +1,252 @@
+"""Judge benchmark: sandboxed code against bare subprocesses, daemon math against in-process math-verify.
+
+(1) code: N correct submissions of a stdin problem with T tests each, through the judge daemon
+    with W workers (one jail per submission), against a bare loop of
+    `subprocess.run([python, solution])` per test with the same parallelism (W threads) and the
+    same interpreter, measured in the same run.
+(2) math: M (response, answer) pairs through the daemon with W_math workers, against
+    math-verify's parse + verify called in this process on one core.
+
+Prints its figures, then as the last line:
+    judge: code_overhead=<sandboxed time / bare time> math_per_core=<daemon rate per worker / in-process rate>
+Targets: code_overhead <= 1.3, math_per_core >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+
+from judge.client import JudgeClient
+from judge.compare import stdout_difference
+from proto.judge import JudgeRequest, TestCase
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SOLUTION = """\
+import sys
+
+def main():
+    data = sys.stdin.read().split()
+    n = int(data[0])
+    values = sorted(map(int, data[1 : n + 1]))
+    print(sum(values))
+    print(" ".join(map(str, values[:10])))
+    print(values[n // 2])
+
+main()
+"""
+
+
+def code_tests(count: int, size: int, rng: random.Random) -> list[TestCase]:
+    tests = []
+    for _ in range(count):
+        values = [rng.randint(-(10**6), 10**6) for _ in range(size)]
+        ordered = sorted(values)
+        expected = f"{sum(values)}\n{' '.join(map(str, ordered[:10]))}\n{ordered[size // 2]}\n"
+        tests.append(TestCase(input=f"{size}\n{' '.join(map(str, values))}\n", output=expected))
+    return tests
+
+
+def math_pairs(count: int, rng: random.Random) -> list[tuple[str, str, bool]]:
+    """(response, reference answer, whether they agree): fractions, radicals, sets, intervals..."""
+    pairs = []
+    for index in range(count):
+        kind = index % 6
+        a, b, c = rng.randint(2, 999), rng.randint(2, 999), rng.randint(1, 99)
+        agree = rng.random() < 0.8
+        if kind == 0:
+            value = Fraction(a, b)
+            boxed = f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+            answer = (
+                f"{value.numerator}/{value.denominator}"
+                if agree
+                else f"{value.numerator + 1}/{value.denominator}"
+            )
+        elif kind == 1:
+            boxed, answer = str(a * b), str(a * b if agree else a * b + c)
+        elif kind == 2:
+            boxed = f"{a}\\sqrt{{{c + 1}}}"
+            answer = f"\\sqrt{{{a * a * (c + 1)}}}" if agree else f"\\sqrt{{{a * a * (c + 1) + 1}}}"
+        elif kind == 3:
+            boxed = f"\\{{{a}, {b}, {c}\\}}"
+            answer = f"\\{{{c},{a},{b}\\}}" if agree else f"\\{{{c},{a},{b + 1000}\\}}"
+        elif kind == 4:
+            low, high = sorted((a, b + 1000))
+            boxed = f"({low}, {high}]"
+            answer = f"({low},{high}]" if agree else f"[{low},{high}]"
+        else:
+            boxed = f"x^2 + {a}x + {b}"
+            answer = f"{b} + {a}x + x^2" if agree else f"{b} + {a + 1}x + x^2"
+        thinking = f"<think>Problem {index}: \\boxed{{0}} was a guess.</think>"
+        response = f"{thinking}So the answer is \\boxed{{{boxed}}}."
+        pairs.append((response, answer, agree))
+    return pairs
+
+
+class Daemon:
+    def __init__(self, workers: int, address: str) -> None:
+        self.address = address
+        command = [
+            sys.executable,
+            "-m",
+            "judge",
+            "serve",
+            "--bind",
+            address,
+            "--workers",
+            str(workers),
+            "--stats-interval-s",
+            "3600",
+        ]
+        self.process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 120
+        while not any("judge_serving" in line for line in self.log):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("judge daemon did not start:\n" + "".join(self.log))
+            time.sleep(0.05)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def judge_all(address: str, requests: list[JudgeRequest]) -> tuple[float, Counter[str]]:
+    with JudgeClient(address, request_timeout_s=600, max_in_flight=1024) as client:
+        start = time.perf_counter()
+        verdicts = client.judge(requests, timeout_s=3600)
+        elapsed = time.perf_counter() - start
+    return elapsed, Counter(verdict.status for verdict in verdicts.values())
+
+
+def bare_code(python: str, tests: list[TestCase], submissions: int, workers: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as folder:
+        solution = Path(folder) / "solution.py"
+        solution.write_text(SOLUTION)
+
+        def submission(_: int) -> bool:
+            for test in tests:
+                result = subprocess.run(
+                    [python, str(solution)], input=test.input, capture_output=True, text=True, timeout=60
+                )
+                if result.returncode != 0 or stdout_difference(test.output, result.stdout) is not None:
+                    return False
+            return True
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            passed = sum(pool.map(submission, range(submissions)))
+        return time.perf_counter() - start, passed
+
+
+def in_process_math(pairs: list[tuple[str, str, bool]]) -> tuple[float, int]:
+    """math-verify's own calls on the boxed answers, one after another in this process."""
+    from math_verify import parse, verify
+
+    from judge.extract import final_text, last_boxed
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its note that timeouts are off
+
+    agreements = 0
+    start = time.perf_counter()
+    for response, answer, _ in pairs:
+        gold = parse("\\boxed{" + answer + "}", parsing_timeout=None)  # type: ignore[arg-type]
+        boxed = last_boxed(final_text(response) or "")
+        predicted = parse("\\boxed{" + (boxed or "") + "}", parsing_timeout=None)  # type: ignore[arg-type]
+        agreements += bool(verify(gold, predicted, timeout_seconds=None))
+    return time.perf_counter() - start, agreements
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--submissions", type=int, default=200)
+    parser.add_argument("--tests", type=int, default=10)
+    parser.add_argument("--test-size", type=int, default=2000, help="numbers in each test's input")
+    parser.add_argument("--workers", type=int, default=2, help="code: daemon workers = bare threads")
+    parser.add_argument("--math-pairs", type=int, default=5000)
+    parser.add_argument(
+        "--math-workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="math: daemon workers (default: one core left for the daemon and client)",
+    )
+    parser.add_argument("--python", default="/usr/bin/python3", help="interpreter of both code runs")
+    args = parser.parse_args()
+    rng = random.Random(0)
+    print(f"machine: {os.cpu_count()} cores; interpreter {args.python}")
+
+    # (1) code
+    tests = code_tests(args.tests, args.test_size, rng)
+    response = f"<think>sort and sum</think>\n```python\n{SOLUTION}```\n"
+    requests = [
+        JudgeRequest(id=f"code-{i}", kind="code", response=response, tests=tests)
+        for i in range(args.submissions)
+    ]
+    bare_s, bare_passed = bare_code(args.python, tests, args.submissions, args.workers)
+    print(
+        f"code bare:      {args.submissions} submissions x {args.tests} tests, {args.workers} threads: "
+        f"{bare_s:.2f} s ({bare_passed} passed, {1000 * bare_s / args.submissions:.1f} ms/submission)"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        daemon = Daemon(args.workers, f"ipc://{folder}/bench-code.ipc")
+        try:
+            judge_all(daemon.address, requests[:4])  # warm-up: workers forked, caches filled
+            sandboxed_s, statuses = judge_all(daemon.address, requests)
+        finally:
+            daemon.stop()
+    print(
+        f"code sandboxed: same work through the daemon, {args.workers} workers, nsjail per submission: "
+        f"{sandboxed_s:.2f} s ({dict(statuses)}, {1000 * sandboxed_s / args.submissions:.1f} ms/submission)"
+    )
+    code_overhead = sandboxed_s / bare_s
+
+    # (2) math
+    pairs = math_pairs(args.math_pairs, rng)
+    expected = sum(agree for _, _, agree in pairs)
+    local_s, local_agree = in_process_math(pairs)
+    local_rate = len(pairs) / local_s
+    print(
+        f"math in-process: {len(pairs)} pairs on one core: {local_s:.2f} s, {local_rate:.0f} pairs/s "
+        f"({local_agree} equivalent, {expected} by construction)"
+    )
+    math_requests = [
+        JudgeRequest(id=f"math-{i}", kind="math", response=response, answer=answer)
+        for i, (response, answer, _) in enumerate(pairs)
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        daemon = Daemon(args.math_workers, f"ipc://{folder}/bench-math.ipc")
+        try:
+            daemon_s, statuses = judge_all(daemon.address, math_requests)
+        finally:
+            daemon.stop()
+    per_worker = len(pairs) / daemon_s / args.math_workers
+    print(
+        f"math daemon:     {len(pairs)} pairs, {args.math_workers} workers: {daemon_s:.2f} s, "
+        f"{per_worker:.0f} pairs/s per worker ({dict(statuses)})"
+    )
+    math_per_core = per_worker / local_rate
+    print(f"judge: code_overhead={code_overhead:.2f} math_per_core={math_per_core:.2f}")
+
+
+if __name__ == "__main__":
+    main()
