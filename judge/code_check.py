@@ -118,23 +118,7 @@ def _run(
         return Outcome("runtime_error", f"{where}: the jail died running the program ({jail.diagnostics()})")
     finally:
         jail.release()
-        _closing.append(jail)
-
-
-# Jails whose runner was told to stop: nsjail takes a few milliseconds to tear the namespaces
-# down, which need not delay the verdict. Every test process is already dead at this point.
-_closing: list[Jail] = []
-
-
-def reap_jails(wait_s: float = 0.0) -> None:
-    """Wait for released jails to exit (up to `wait_s`, then briefly); kill those that linger."""
-    deadline = time.monotonic() + wait_s
-    while _closing:
-        jail = _closing[0]
-        if not jail.finished(max(0.0, deadline - time.monotonic()) + 2.0):
-            jail.kill()
-        jail.dispose()
-        _closing.pop(0)
+        _closing.append((jail, time.monotonic()))
 
 
 def _failure(
@@ -189,3 +173,27 @@ def _failure(
     if difference is not None:
         return Outcome("wrong_answer", f"{where}: {difference}")
     return None
+
+
+# Jails whose runner was told to stop: nsjail takes a few milliseconds to tear the namespaces
+# down, which need not delay the verdict. Every test process is already dead at this point.
+_closing: list[tuple[Jail, float]] = []
+LINGER_S = 5.0  # a released jail still running after this long is killed
+
+
+def reap_jails(wait_s: float = 0.0) -> None:
+    """Collect released jails that have exited; wait up to `wait_s` for the rest, then kill them."""
+    deadline = time.monotonic() + wait_s
+    while _closing:
+        now = time.monotonic()
+        for item in list(_closing):
+            jail, released = item
+            if jail.process.poll() is None and now < max(deadline, released + LINGER_S):
+                continue
+            if jail.process.poll() is None:
+                jail.kill()
+            jail.dispose()
+            _closing.remove(item)
+        if not _closing or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)

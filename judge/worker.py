@@ -56,6 +56,8 @@ def worker_main(connection: Connection, sandbox_config: SandboxConfig, cgroups: 
     connection.send(("ready", os.getpid()))
     while True:
         try:
+            while not connection.poll(1.0):
+                reap_jails()  # while idle, collect the jails of earlier submissions
             message = connection.recv()
         except (EOFError, OSError):
             break
