@@ -168,6 +168,8 @@ class WeightPublisher:
         for name, tensor in tensors.items():
             if tensor.device.type != "cpu":
                 raise ValueError(f"{name}: publish CPU tensors (got {tensor.device})")
+            if tensor.dtype not in TORCH_DTYPES:
+                raise ValueError(f"{name}: dtype {tensor.dtype} has no wire format")
         total = sum(math.prod(t.shape) * DTYPE_BYTES[TORCH_DTYPES[t.dtype]] for t in tensors.values())
         announce = WeightAnnounce(
             version=version, num_tensors=len(tensors), total_bytes=total, address=self.address
@@ -200,7 +202,13 @@ class WeightPublisher:
                 if request is not None:
                     self._accept(server, request, streams)
                 for stream in list(streams):  # one chunk per transfer per turn
-                    chunk = next(stream.chunks)
+                    try:
+                        chunk = next(stream.chunks)
+                    except Exception as exc:  # a broken transfer must not stop the others
+                        log.exception("transfer_failed", version=stream.version, sent=stream.sent)
+                        server.reply_error(stream.request, "internal", f"weight transfer failed: {exc}")
+                        streams.remove(stream)
+                        continue
                     if not server.send(stream.request.peer, chunk, stream.request.request_id):
                         log.warning("transfer_dropped", version=stream.version, sent=stream.sent)
                         streams.remove(stream)

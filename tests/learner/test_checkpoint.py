@@ -132,3 +132,15 @@ def test_extra_state_must_be_json(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="extra_state"):
         learner.save_checkpoint({"leases": {1, 2}})
     assert checkpoint.find_latest(learner.cfg.checkpoint_dir) is None
+
+
+def test_stage_learning_rate_survives_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
+    learner, task = make(tiny_model_dir, tmp_path / "run")
+    run_steps(learner, task, 3)  # warm-up over
+    learner.engine.set_lr(5e-6)  # a new stage's learning rate
+    assert learner.engine.lr == pytest.approx(5e-6)
+    run_steps(learner, task, 1)
+    learner.save_checkpoint()
+    fresh, _ = make(tiny_model_dir, tmp_path / "run")
+    fresh.resume()
+    assert fresh.engine.lr == pytest.approx(5e-6)

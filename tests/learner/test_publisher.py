@@ -110,3 +110,8 @@ def test_transfers_interleave_and_keep_their_snapshot() -> None:
         while publisher.transfers_done < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert publisher.transfers_done == 3
+
+
+def test_unsupported_dtype_is_refused_at_publish() -> None:
+    with WeightPublisher() as publisher, pytest.raises(ValueError, match=r"w: dtype torch\.complex64"):
+        publisher.publish(1, {"w": torch.zeros(2, dtype=torch.complex64)})

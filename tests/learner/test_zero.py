@@ -12,7 +12,7 @@ from learner.config import LearnerConfig
 from learner.trainer import Learner
 from tests.learner.rollouts import mixed_batch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 def make(model_dir: Path, run_dir: Path, stage: int) -> Learner:
