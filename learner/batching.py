@@ -31,13 +31,31 @@ class SequenceSample:
         return len(self.prompt) + len(self.completion)
 
 
+def check_group(group: RolloutGroup, vocab_size: int | None) -> None:
+    """Refuse what would crash or poison the step, naming the group and the field."""
+    where = f"rollout_group {group.work_id}"
+    if len(group.prompt_token_ids) == 0:
+        raise ValueError(f"{where}: prompt_token_ids is empty")
+    arrays = [("prompt_token_ids", group.prompt_token_ids)]
+    arrays += [(f"completions.{i}.token_ids", c.token_ids) for i, c in enumerate(group.completions)]
+    for field, ids in arrays:
+        if len(ids) and (int(ids.min()) < 0 or (vocab_size is not None and int(ids.max()) >= vocab_size)):
+            raise ValueError(f"{where}: {field} holds ids outside [0, {vocab_size})")
+    for i, c in enumerate(group.completions):
+        if not np.isfinite(c.logprobs).all():
+            raise ValueError(f"{where}: completions.{i}.logprobs holds non-finite values")
+
+
 def build_samples(
-    groups: Sequence[RolloutGroup], advantages: Sequence[np.ndarray], *, mask_truncated: bool
+    groups: Sequence[RolloutGroup],
+    advantages: Sequence[np.ndarray],
+    *,
+    mask_truncated: bool,
+    vocab_size: int | None = None,
 ) -> list[SequenceSample]:
     samples = []
     for group, group_adv in zip(groups, advantages, strict=True):
-        if len(group.prompt_token_ids) == 0:
-            raise ValueError(f"rollout_group {group.work_id}: prompt_token_ids is empty")
+        check_group(group, vocab_size)
         for completion, adv in zip(group.completions, group_adv, strict=True):
             if len(completion.token_ids) == 0:
                 continue  # nothing to score; it still counted in its group's mean and std

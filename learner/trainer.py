@@ -68,7 +68,12 @@ class Learner:
     def prepare(self, groups: Sequence[RolloutGroup]) -> PreparedBatch:
         g = self.cfg.grpo
         selection = select_groups(groups, drop_zero_variance=g.drop_zero_variance, eps=g.adv_eps)
-        samples = build_samples(selection.trained, selection.advantages, mask_truncated=g.mask_truncated)
+        samples = build_samples(
+            selection.trained,
+            selection.advantages,
+            mask_truncated=g.mask_truncated,
+            vocab_size=self.engine.module.config.vocab_size,
+        )
         mbs = (
             micro_batches(samples, self.cfg.batching.micro_batch_tokens, self.engine.pad_id)
             if samples
@@ -177,14 +182,18 @@ class Learner:
             return metrics
         lr = self.engine.lr
         grad_norms = []
-        first = self.accumulate(batch, temperature)
-        grad_norms.append(self.engine.step())
-        later = first
-        for _ in range(self.cfg.grpo.updates_per_batch - 1):
-            later = self.accumulate(
-                batch, temperature, old_logps=first["old_logps"], ref_logps=first.get("ref_logps")
-            )
+        try:
+            first = self.accumulate(batch, temperature)
             grad_norms.append(self.engine.step())
+            later = first
+            for _ in range(self.cfg.grpo.updates_per_batch - 1):
+                later = self.accumulate(
+                    batch, temperature, old_logps=first["old_logps"], ref_logps=first.get("ref_logps")
+                )
+                grad_norms.append(self.engine.step())
+        except BaseException:
+            self.engine.zero_grad()  # no half-accumulated gradient leaks into the next step
+            raise
         step_s = time.perf_counter() - started
         tokens = sum(s.length for s in batch.samples)
         metrics.update(

@@ -70,3 +70,16 @@ def test_micro_batches_split_the_batch() -> None:
     assert len(mbs) > 1
     assert sum(int(mb.valid_mask.sum()) for mb in mbs) == sum(len(s.completion) for s in samples)
     assert all(mb.input_ids.numel() <= 40 or mb.input_ids.shape[0] == 1 for mb in mbs)
+
+
+def test_bad_ids_and_logprobs_are_named() -> None:
+    adv = [np.zeros(1, dtype=np.float32)]
+    with pytest.raises(
+        ValueError, match=r"rollout_group big: completions\.0\.token_ids holds ids outside \[0, 512\)"
+    ):
+        build_samples([group("big", [1], [completion([600], 1.0)])], adv, mask_truncated=True, vocab_size=512)
+    with pytest.raises(ValueError, match=r"rollout_group neg: prompt_token_ids"):
+        build_samples([group("neg", [-1], [completion([6], 1.0)])], adv, mask_truncated=True, vocab_size=512)
+    bad = completion([6], 1.0).model_copy(update={"logprobs": np.array([np.nan], dtype=np.float32)})
+    with pytest.raises(ValueError, match=r"rollout_group nan: completions\.0\.logprobs"):
+        build_samples([group("nan", [1], [bad])], adv, mask_truncated=True, vocab_size=512)
