@@ -121,11 +121,15 @@ def run(args: argparse.Namespace) -> int:
         metrics.drop_from(resumed.step)  # steps after the checkpoint are trained again
     publisher = None
     if cfg.publish.address is not None:
+        from proto.curve import CurveServerKeys
+
+        keys = cfg.publish.secret_key
         publisher = WeightPublisher(
             cfg.publish.address,
             chunk_bytes=cfg.publish.chunk_bytes,
             max_streams=cfg.publish.max_streams,
             send_timeout_s=cfg.publish.send_timeout_s,
+            curve=None if keys is None else CurveServerKeys(keys, cfg.publish.clients_dir),
         )
         publisher.publish(learner.version, learner.weights())
         log.info("publisher_ready", address=publisher.address, version=learner.version)

@@ -72,6 +72,8 @@ class PublishConfig(Section):
     dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
     max_streams: int = Field(default=16, ge=1)  # concurrent transfers; more get Error(busy)
     send_timeout_s: float = Field(default=60.0, gt=0)
+    secret_key: Path | None = None  # CURVE secret key file; required to bind off loopback
+    clients_dir: Path | None = None  # public keys of the only generators let in
 
 
 class MetricsConfig(Section):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from learner.publisher import WeightAssembler, WeightPublisher, weight_chunks
+from proto.curve import CurveClientKeys, CurveServerKeys, generate_keys
 from proto.rollout import WorkAborted
 from proto.sockets import Client, RemoteError
 from proto.weights import WeightChunk, WeightRequest
@@ -115,3 +117,12 @@ def test_transfers_interleave_and_keep_their_snapshot() -> None:
 def test_unsupported_dtype_is_refused_at_publish() -> None:
     with WeightPublisher() as publisher, pytest.raises(ValueError, match=r"w: dtype torch\.complex64"):
         publisher.publish(1, {"w": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_curve_encrypted_transfer(tmp_path: Path) -> None:
+    server_public, server_secret = generate_keys(tmp_path, "learner")
+    tensors = sample_tensors(7)
+    with WeightPublisher(chunk_bytes=1024, curve=CurveServerKeys(server_secret)) as publisher:
+        publisher.publish(1, tensors)
+        with Client(publisher.address, curve=CurveClientKeys(server_public)) as client:
+            assert_bitwise_equal(fetch(client, 1), tensors)
