@@ -152,3 +152,36 @@ def _one_step(
         **{f"dispatch_{key}": value for key, value in delta.items() if value},
     )
     return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m learner.run --config RUN.yaml [--resume] [--max-steps N] [key=value ...]`."""
+    import argparse
+    import sys
+
+    from learner.config import ConfigError, dump_config, load_config
+    from learner.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m learner.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True, help="YAML file of RunConfig fields")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        cfg = load_config(args.config, args.overrides, schema=RunConfig)
+        if cfg.model.path is None:
+            raise ConfigError("model.path: required (a Hugging Face model directory)")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg))
+    summary = train(cfg, resume=args.resume, max_steps=args.max_steps)
+    return 0 if summary["done"] or args.max_steps is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
