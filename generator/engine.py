@@ -1,0 +1,232 @@
+"""The vLLM engine as the generator uses it: requests in, finished samples with logprobs out.
+
+`Engine` wraps one `vllm.LLM` and drives its engine step by step (`submit`, `step`, `abort`),
+the same loop `LLM.generate` runs, so that work can be cancelled, aborted on a version change,
+and interleaved with network I/O. Every sample carries the weight-version labels vLLM recorded
+while it was sampled, so a sample that straddled a weight update can never pass as current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+from transformers import AutoTokenizer
+
+from generator.config import EngineConfig
+from generator.weight_loader import WeightPath, engine_kwargs, load_into
+from generator.weight_set import WeightSet
+from proto.work import SamplingParams as WorkSampling
+
+log = structlog.get_logger("generator.engine")
+
+
+class PromptError(ValueError):
+    """A prompt the engine cannot take (empty, too long for the context)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    token_ids: np.ndarray  # int32
+    logprobs: np.ndarray  # float32, the sampler's log-probability of each token
+    finish_reason: Literal["stop", "length"]
+    text: str  # decoded with special tokens (a reasoning model's </think> is one)
+    versions: frozenset[str]  # weight-version labels vLLM saw while sampling these tokens
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: str
+    prompt_token_ids: np.ndarray
+    samples: list[Sample] | None  # None: the engine aborted the request
+
+
+class Engine:
+    def __init__(
+        self, model: Path, config: EngineConfig, *, weight_path: WeightPath = "shm", version: int = 0
+    ) -> None:
+        import torch
+        from vllm import LLM
+
+        self.weight_path = weight_path
+        enforce_eager = config.enforce_eager
+        if enforce_eager is None:
+            enforce_eager = not torch.cuda.is_available()
+        dtype = config.dtype
+        if dtype == "auto" and not torch.cuda.is_available():
+            dtype = "float32"  # vLLM picks bfloat16 on CPU, whose kernels die with SIGILL on these hosts
+        kwargs: dict[str, Any] = {
+            "model": str(model),
+            "tokenizer": str(model),
+            "dtype": dtype,
+            "seed": config.seed,
+            "enforce_eager": enforce_eager,
+            "logprobs_mode": config.logprobs_mode,
+            **engine_kwargs(weight_path),
+        }
+        if config.max_model_len is not None:
+            kwargs["max_model_len"] = config.max_model_len
+        kwargs.update(config.args)
+        started = time.monotonic()
+        self.llm = LLM(**kwargs)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
+        self.version = version
+        self.llm.llm_engine.set_weight_version(str(version))
+        self._active: dict[str, np.ndarray] = {}  # request id -> prompt token ids
+        self._ids = itertools.count()
+        log.info("engine_started", model=str(model), seconds=round(time.monotonic() - started, 1))
+
+    # -- prompts --------------------------------------------------------------------------
+
+    def render_prompt(
+        self, prompt: str | None, prompt_token_ids: np.ndarray | None, apply_chat_template: bool
+    ) -> np.ndarray:
+        """Token ids of a work item's prompt. Token ids are taken as they are (already rendered)."""
+        if prompt_token_ids is not None:
+            ids = np.asarray(prompt_token_ids, dtype=np.int32)
+        elif apply_chat_template:
+            if self.tokenizer.chat_template is None:
+                raise PromptError("the model has no chat template; send apply_chat_template=false")
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False), dtype=np.int32)
+        else:
+            ids = np.asarray(self.tokenizer.encode(prompt or "", add_special_tokens=False), dtype=np.int32)
+        if ids.size == 0:
+            raise PromptError("the prompt is empty")
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise PromptError(f"prompt token ids outside the vocabulary [0, {vocab})")
+        return ids
+
+    def sampling_params(self, sampling: WorkSampling, prompt_len: int) -> Any:
+        """vLLM sampling parameters; max_tokens shrinks to what the context still holds."""
+        from vllm import SamplingParams
+
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise PromptError(f"a prompt of {prompt_len} tokens fills the context of {self.max_model_len}")
+        return SamplingParams(
+            n=sampling.n,
+            max_tokens=min(sampling.max_tokens, room),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0,
+            stop=list(sampling.stop) or None,
+            seed=sampling.seed,
+            logprobs=0,  # only the sampled token's log-probability
+            skip_special_tokens=False,
+        )
+
+    # -- the step loop --------------------------------------------------------------------
+
+    def submit(self, prompt_token_ids: np.ndarray, params: Any) -> str:
+        """Queue one prompt (all `n` samples of it); returns its request id."""
+        from vllm import TokensPrompt
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # the n samples come back together
+        request_id = f"r{next(self._ids)}"
+        prompt = parse_model_prompt(
+            self.llm.model_config, TokensPrompt(prompt_token_ids=prompt_token_ids.tolist())
+        )
+        renderer = self.llm.renderer
+        (engine_input,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
+        self.llm.llm_engine.add_request(request_id, engine_input, params)
+        self._active[request_id] = prompt_token_ids
+        return request_id
+
+    def abort(self, request_ids: Sequence[str]) -> None:
+        ids = [rid for rid in request_ids if rid in self._active]
+        if ids:
+            self.llm.llm_engine.abort_request(ids)
+            for rid in ids:
+                del self._active[rid]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._active)
+
+    def step(self) -> list[Finished]:
+        """One engine step; the requests that finished in it."""
+        if not self._active:
+            return []
+        finished = []
+        for output in self.llm.llm_engine.step():
+            if not output.finished or output.request_id not in self._active:
+                continue
+            prompt = self._active.pop(output.request_id)
+            finished.append(Finished(output.request_id, prompt, self._samples(output)))
+        return finished
+
+    def _samples(self, output: Any) -> list[Sample] | None:
+        eos_text = self.tokenizer.eos_token or ""
+        samples = []
+        for completion in sorted(output.outputs, key=lambda c: c.index):
+            if completion.finish_reason not in ("stop", "length"):
+                return None
+            token_ids = np.asarray(completion.token_ids, dtype=np.int32)
+            if completion.logprobs is None or len(completion.logprobs) != len(token_ids):
+                return None
+            logprobs = np.fromiter(
+                (
+                    step[tok].logprob
+                    for step, tok in zip(completion.logprobs, completion.token_ids, strict=True)
+                ),
+                dtype=np.float32,
+                count=len(token_ids),
+            )
+            text = completion.text
+            if eos_text and text.endswith(eos_text):
+                text = text[: -len(eos_text)]
+            spans = completion.weight_versions or []
+            samples.append(
+                Sample(
+                    token_ids=token_ids,
+                    logprobs=logprobs,
+                    finish_reason=completion.finish_reason,
+                    text=text,
+                    versions=frozenset(span.version for span in spans),
+                )
+            )
+        return samples
+
+    def run(self, requests: Sequence[tuple[np.ndarray, Any]]) -> list[Finished]:
+        """Submit `requests` and step until all of them finish; results in request order."""
+        ids = [self.submit(prompt, params) for prompt, params in requests]
+        done: dict[str, Finished] = {}
+        while any(rid not in done for rid in ids):
+            for result in self.step():
+                done[result.request_id] = result
+        return [done[rid] for rid in ids]
+
+    # -- weights --------------------------------------------------------------------------
+
+    def load_weights(self, weight_set: WeightSet) -> float:
+        """Load a version in place (nothing may be running); returns the seconds it took."""
+        if self._active:
+            raise RuntimeError(f"{len(self._active)} requests still running; abort them before a reload")
+        started = time.monotonic()
+        load_into(self.llm, weight_set, self.weight_path)
+        self.llm.llm_engine.set_weight_version(str(weight_set.version))
+        self.version = weight_set.version
+        seconds = time.monotonic() - started
+        log.info("weights_loaded", version=weight_set.version, seconds=round(seconds, 3))
+        return seconds
+
+    def parameter_checksum(self) -> dict[str, float]:
+        return self.llm.collective_rpc("acerl_parameter_checksum")[0]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,217 @@
+"""Fetching a policy version from the weight publisher: WeightRequest, then its WeightChunk stream.
+
+`fetch_weights` runs one transfer into a shared-memory WeightSet. `WeightFetcher` runs transfers
+in a background thread with its own socket, so that a version announced while the engine is
+still sampling is downloaded meanwhile; only the newest wanted version is kept.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from generator.weight_set import WeightSet, WeightSetWriter, WeightStreamError
+from proto.control import Error
+from proto.curve import CurveClientKeys
+from proto.sockets import Client, SocketLimits
+from proto.weights import WeightAnnounce, WeightChunk, WeightRequest
+
+log = structlog.get_logger("generator.weights")
+
+MAX_CHUNK_FRAME_BYTES = 1 << 30  # the publisher chooses the chunk size; take any sane one
+_RETRY_CODES = frozenset({"busy", "unavailable", "shutting_down"})
+
+
+class FetchError(RuntimeError):
+    """A version could not be fetched. `code`: the publisher's error code, or timeout / stream."""
+
+    def __init__(self, version: int, code: str, detail: str) -> None:
+        super().__init__(f"weights v{version}: {code}: {detail}")
+        self.version = version
+        self.code = code
+        self.detail = detail
+
+
+def fetch_weights(
+    address: str,
+    version: int,
+    generator_id: str,
+    *,
+    curve: CurveClientKeys | None = None,
+    timeout_s: float = 600.0,
+    chunk_timeout_s: float = 60.0,
+    announce: WeightAnnounce | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> WeightSet:
+    """Download `version` from the publisher at `address`. Raises FetchError."""
+    deadline = time.monotonic() + timeout_s
+    limits = SocketLimits(recv_timeout_ms=1_000, send_timeout_ms=1_000, max_frame_bytes=MAX_CHUNK_FRAME_BYTES)
+    backoff = 0.05
+    with Client(address, curve=curve, limits=limits) as client:
+        while True:
+            writer = WeightSetWriter(version, announce)
+            try:
+                try:
+                    request_id = client.send(WeightRequest(version=version, generator_id=generator_id))
+                except TimeoutError:
+                    error: Error | None = Error(code="unavailable", detail=f"no publisher at {address}")
+                else:
+                    error = _receive(client, request_id, writer, deadline, chunk_timeout_s, cancelled)
+                if error is None:
+                    weight_set = writer.finish()
+                    log.info("weights_fetched", version=version, bytes=writer.bytes_received)
+                    return weight_set
+            except WeightStreamError as exc:
+                writer.discard()
+                raise FetchError(version, "stream", str(exc)) from None
+            except BaseException:
+                writer.discard()
+                raise
+            writer.discard()
+            if error.code not in _RETRY_CODES:
+                raise FetchError(version, error.code, error.detail)
+            if time.monotonic() + backoff > deadline:
+                raise FetchError(
+                    version, "timeout", f"publisher still answering {error.code}: {error.detail}"
+                )
+            time.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(2.0, backoff * 2)
+
+
+def _receive(
+    client: Client,
+    request_id: bytes,
+    writer: WeightSetWriter,
+    deadline: float,
+    chunk_timeout_s: float,
+    cancelled: Callable[[], bool],
+) -> Error | None:
+    """Feed the chunks of one request into `writer`; None when the last one arrived."""
+    last_progress = time.monotonic()
+    while True:
+        if cancelled():
+            raise FetchError(writer.version, "cancelled", "a newer version is wanted")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError(
+                writer.version, "timeout", f"transfer not complete after {writer.bytes_received} bytes"
+            )
+        reply = client.recv(timeout_ms=int(min(remaining, chunk_timeout_s, 1.0) * 1000))
+        if reply is None:
+            if time.monotonic() - last_progress > chunk_timeout_s:
+                raise FetchError(writer.version, "timeout", f"no chunk for {chunk_timeout_s:g} s")
+            continue
+        if reply.request_id != request_id:
+            continue  # an answer to an earlier, abandoned request
+        message = reply.message
+        if isinstance(message, Error):
+            return message
+        if not isinstance(message, WeightChunk):
+            raise FetchError(writer.version, "stream", f"expected weight_chunk, got {message.TYPE}")
+        writer.write(message)
+        last_progress = time.monotonic()
+        if message.last:
+            return None
+
+
+class WeightFetcher:
+    """Background downloads: `want(version)` starts one, `take(version)` collects its result."""
+
+    def __init__(
+        self,
+        generator_id: str,
+        *,
+        curve: CurveClientKeys | None = None,
+        timeout_s: float = 600.0,
+        chunk_timeout_s: float = 60.0,
+    ) -> None:
+        self.generator_id = generator_id
+        self.curve = curve
+        self.timeout_s = timeout_s
+        self.chunk_timeout_s = chunk_timeout_s
+        self._lock = threading.Lock()
+        self._wanted: tuple[int, str, WeightAnnounce | None] | None = None
+        self._results: dict[int, WeightSet | FetchError] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def want(self, version: int, address: str, announce: WeightAnnounce | None = None) -> None:
+        """Fetch `version` unless it (or a newer one) is already wanted or fetched."""
+        with self._lock:
+            if self._closed or (self._wanted is not None and self._wanted[0] >= version):
+                return
+            self._wanted = (version, address, announce)
+            for old in [v for v in self._results if v < version]:
+                self._drop(old)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="weight-fetch", daemon=True)
+                self._thread.start()
+
+    def take(self, version: int) -> WeightSet | FetchError | None:
+        """The result for `version` once its transfer ended (the caller then owns it), else None."""
+        with self._lock:
+            result = self._results.pop(version, None)
+            if isinstance(result, FetchError) and self._wanted is not None and self._wanted[0] == version:
+                self._wanted = None  # a later want() of the same version tries again
+            return result
+
+    def _drop(self, version: int) -> None:
+        result = self._results.pop(version, None)
+        if isinstance(result, WeightSet):
+            result.close()
+
+    def _run(self) -> None:
+        fetched = -1
+        while True:
+            with self._lock:
+                if self._closed or self._wanted is None or self._wanted[0] <= fetched:
+                    self._thread = None
+                    return
+                version, address, announce = self._wanted
+            started = time.monotonic()
+            try:
+                result: WeightSet | FetchError = fetch_weights(
+                    address,
+                    version,
+                    self.generator_id,
+                    curve=self.curve,
+                    timeout_s=self.timeout_s,
+                    chunk_timeout_s=self.chunk_timeout_s,
+                    announce=announce,
+                    cancelled=lambda v=version: self._superseded(v),
+                )
+            except FetchError as exc:
+                result = exc
+            except Exception as exc:  # a bug or an OS error must reach the worker, not kill the thread
+                log.exception("weight_fetch_failed", version=version)
+                result = FetchError(version, "internal", f"{type(exc).__name__}: {exc}")
+            fetched = version
+            log.info(
+                "weight_fetch_done",
+                version=version,
+                ok=isinstance(result, WeightSet),
+                seconds=round(time.monotonic() - started, 3),
+            )
+            with self._lock:
+                if self._closed or (self._wanted is not None and self._wanted[0] > version):
+                    if isinstance(result, WeightSet):
+                        result.close()  # superseded while it downloaded
+                else:
+                    self._results[version] = result
+
+    def _superseded(self, version: int) -> bool:
+        with self._lock:
+            return self._closed or (self._wanted is not None and self._wanted[0] > version)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for version in list(self._results):
+                self._drop(version)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)

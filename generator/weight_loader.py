@@ -1,0 +1,143 @@
+"""Loading a fetched WeightSet into the running vLLM engine, in place, without a restart.
+
+Two paths behind one call (`load_into(llm, weight_set, path)`):
+- "shm": a worker extension maps the shared-memory file of the WeightSet and hands the tensors
+  to `model_runner.reload_weights`, vLLM's in-place reload (the tensors never travel through
+  `collective_rpc`, only the file name and the layout do). Works on CPU and GPU workers.
+- "ipc": on CUDA, vLLM's own weight-transfer engine (backend "ipc"): this process copies the
+  tensors to the GPU and the workers rebuild them from CUDA IPC handles, in packed buffers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import mmap
+import os
+import pickle
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+
+from generator.weight_set import WeightSet
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+}
+
+WeightPath = Literal["shm", "ipc"]
+EXTENSION_CLS = "generator.weight_loader.WeightReloadExtension"
+
+
+class WeightReloadExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`); runs inside the engine's workers."""
+
+    def acerl_reload_from_file(self, path: str, layout: list[tuple[str, str, list[int], int]]) -> int:
+        """Load the tensors laid out in file `path` in place; returns the number of tensors."""
+        with open(path, "r+b") as handle:
+            # A private copy-on-write mapping: writable for torch, never written, so never copied.
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, dtype, shape, offset in layout:
+                count = 1
+                for dim in shape:
+                    count *= dim
+                if count == 0:
+                    yield name, torch.empty(shape, dtype=TORCH_DTYPES[dtype])
+                    continue
+                flat = torch.frombuffer(mapped, dtype=TORCH_DTYPES[dtype], count=count, offset=offset)
+                yield name, flat.view(shape)
+
+        self.model_runner.reload_weights(weights_iterator=tensors())  # type: ignore[attr-defined]
+        with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it later
+            mapped.close()
+        return len(layout)
+
+    def acerl_parameter_checksum(self) -> dict[str, float]:
+        """Sum of every parameter, by name: lets a test see that a reload reached the workers."""
+        model = self.model_runner.get_model()  # type: ignore[attr-defined]
+        return {name: float(param.detach().double().sum()) for name, param in model.named_parameters()}
+
+
+def resolve_path(requested: Literal["auto", "shm", "ipc"]) -> WeightPath:
+    if requested == "auto":
+        return "ipc" if torch.cuda.is_available() else "shm"
+    if requested == "ipc" and not torch.cuda.is_available():
+        raise ValueError("weight_path: 'ipc' needs a CUDA device; use 'shm' or 'auto'")
+    return requested
+
+
+def engine_kwargs(path: WeightPath) -> dict[str, Any]:
+    """What `vllm.LLM` needs for the chosen path."""
+    kwargs: dict[str, Any] = {"worker_extension_cls": EXTENSION_CLS}
+    if path == "ipc":
+        kwargs["weight_transfer_config"] = {"backend": "ipc"}
+        # IPC handles hold torch types that vLLM's RPC encoder only carries pickled; the
+        # engine's processes are this generator's own children.
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+    return kwargs
+
+
+def load_into(llm: Any, weight_set: WeightSet, path: WeightPath) -> None:
+    """Load `weight_set` into the engine of `llm` (a `vllm.LLM`), in place."""
+    if path == "shm":
+        layout = [(e.name, e.dtype, list(e.shape), e.offset) for e in weight_set.entries]
+        llm.collective_rpc("acerl_reload_from_file", args=(str(weight_set.path), layout))
+    else:
+        _load_over_ipc(llm, weight_set)
+
+
+class _EngineSyncClient:
+    """vLLM's `VLLMWeightSyncClient` protocol over an in-process `vllm.LLM`."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, update_info: dict[str, Any] | list[dict[str, Any]]) -> None:
+        infos = update_info if isinstance(update_info, list) else [update_info]
+        for info in infos:
+            if info.get("ipc_handles") is not None:
+                handles = info.pop("ipc_handles")
+                info["ipc_handles_pickled"] = base64.b64encode(pickle.dumps(handles)).decode()
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.llm.collective_rpc("finish_weight_update")
+
+
+def _load_over_ipc(llm: Any, weight_set: WeightSet) -> None:
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+    from vllm.distributed.weight_transfer.ipc_engine import (
+        IPCTrainerInitInfo,
+        IPCTrainerWeightTransferEngine,
+    )
+
+    device = torch.device("cuda", torch.cuda.current_device())
+
+    class _Source(WeightSource):
+        def metadata(self) -> list[ParamMeta]:
+            return [ParamMeta(e.name, TORCH_DTYPES[e.dtype], tuple(e.shape)) for e in weight_set.entries]
+
+        def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in weight_set.tensors():
+                yield name, tensor.to(device)  # type: ignore[union-attr]
+
+    engine = IPCTrainerWeightTransferEngine.trainer_init(
+        IPCTrainerInitInfo(rank=0, packed=True), client=_EngineSyncClient(llm), source=_Source()
+    )
+    engine.send_weights()
+    engine.shutdown()

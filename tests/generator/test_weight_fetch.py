@@ -1,0 +1,160 @@
+"""Weight transfer: a scripted publisher's chunk stream becomes the same tensors, or a clear error."""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from generator.weight_fetch import FetchError, WeightFetcher, fetch_weights
+from generator.weight_set import WeightSet
+from proto.sockets import Server
+from tests.generator.scripted import ScriptedPublisher, tensor_chunks
+
+
+@pytest.fixture
+def publisher() -> Iterator[ScriptedPublisher]:
+    live = ScriptedPublisher()
+    yield live
+    live.close()
+
+
+def sample_tensors() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "model.embed_tokens.weight": torch.randn(37, 16, generator=generator),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(16, 33, generator=generator).to(torch.bfloat16),
+        "model.norm.weight": torch.randn(16, generator=generator).to(torch.float16),
+        "model.empty": torch.zeros(0, 4),
+    }
+
+
+def as_dict(weight_set: WeightSet) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in weight_set.tensors()}  # type: ignore[union-attr]
+
+
+def leftover_files(version: int) -> list[str]:
+    return glob.glob(f"/dev/shm/acerl-weights-v{version}-*") + glob.glob(f"/tmp/acerl-weights-v{version}-*")
+
+
+def test_chunks_reassemble_to_the_same_tensors(publisher: ScriptedPublisher) -> None:
+    tensors = sample_tensors()
+    announce = publisher.publish(3, tensor_chunks(3, tensors, chunk_bytes=200))
+    weight_set = fetch_weights(publisher.address, 3, "g1", announce=announce, timeout_s=10)
+    try:
+        got = as_dict(weight_set)
+        assert list(got) == list(tensors)
+        for name, tensor in tensors.items():
+            assert got[name].dtype == tensor.dtype and got[name].shape == tensor.shape
+            assert torch.equal(got[name], tensor), name
+        assert all(entry.offset % 64 == 0 for entry in weight_set.entries)
+    finally:
+        weight_set.close()
+    assert not weight_set.path.exists()
+    assert publisher.requests[0].generator_id == "g1"
+
+
+def broken_streams() -> dict[str, tuple[list, str]]:
+    chunks = tensor_chunks(7, sample_tensors(), chunk_bytes=300)
+    swapped = [*chunks]
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    other_version = [c.model_copy(update={"version": 6}) if c.seq == 2 else c for c in chunks]
+    reshaped = [c.model_copy(update={"shape": [1, 37 * 16]}) if c.seq == 1 else c for c in chunks]
+    gap = [c for c in chunks if c.seq != 1]
+    gap = [c.model_copy(update={"seq": i}) for i, c in enumerate(gap)]
+    return {
+        "out of order": (swapped, "arrived where chunk 1 was due"),
+        "wrong version": (other_version, "of version 6, not 7"),
+        "shape changes": (reshaped, "earlier chunks"),
+        "missing bytes": (gap, "expected byte"),
+    }
+
+
+@pytest.mark.parametrize("case", list(broken_streams()))
+def test_a_broken_stream_is_refused_and_leaves_no_file(publisher: ScriptedPublisher, case: str) -> None:
+    chunks, message = broken_streams()[case]
+    publisher.publish(7, chunks)
+    with pytest.raises(FetchError) as error:
+        fetch_weights(publisher.address, 7, "g1", timeout_s=10)
+    assert error.value.code == "stream"
+    assert message in str(error.value)
+    assert leftover_files(7) == []
+
+
+def test_announced_size_must_match(publisher: ScriptedPublisher) -> None:
+    announce = publisher.publish(8, tensor_chunks(8, sample_tensors(), chunk_bytes=1000))
+    wrong = announce.model_copy(update={"num_tensors": announce.num_tensors + 1})
+    with pytest.raises(FetchError, match="announced"):
+        fetch_weights(publisher.address, 8, "g1", announce=wrong, timeout_s=10)
+
+
+def test_a_superseded_version_is_not_found(publisher: ScriptedPublisher) -> None:
+    with pytest.raises(FetchError) as error:
+        fetch_weights(publisher.address, 2, "g1", timeout_s=10)
+    assert error.value.code == "not_found"
+
+
+def test_busy_and_unavailable_are_retried(publisher: ScriptedPublisher) -> None:
+    publisher.publish(4, tensor_chunks(4, sample_tensors(), chunk_bytes=500))
+    publisher.errors.extend([("busy", "16 transfers running"), ("unavailable", "not yet published")])
+    weight_set = fetch_weights(publisher.address, 4, "g1", timeout_s=10)
+    weight_set.close()
+    assert len(publisher.requests) == 3
+
+
+def test_a_silent_publisher_times_out() -> None:
+    with Server("tcp://127.0.0.1:*", name="silent") as silent:
+        started = time.monotonic()
+        with pytest.raises(FetchError) as error:
+            fetch_weights(silent.address, 1, "g1", timeout_s=1.5, chunk_timeout_s=0.5)
+        assert error.value.code == "timeout"
+        assert time.monotonic() - started < 5
+
+
+def test_fetcher_downloads_in_the_background_and_keeps_the_newest(publisher: ScriptedPublisher) -> None:
+    tensors = sample_tensors()
+    publisher.publish(1, tensor_chunks(1, tensors, chunk_bytes=100))
+    publisher.publish(2, tensor_chunks(2, {k: v * 2 for k, v in tensors.items()}, chunk_bytes=100))
+    fetcher = WeightFetcher("g1", timeout_s=10)
+    try:
+        fetcher.want(1, publisher.address)
+        fetcher.want(2, publisher.address)
+        fetcher.want(1, publisher.address)  # older than wanted: ignored
+        deadline = time.monotonic() + 10
+        result = None
+        while result is None and time.monotonic() < deadline:
+            result = fetcher.take(2)
+            time.sleep(0.02)
+        assert isinstance(result, WeightSet) and result.version == 2
+        got = as_dict(result)
+        result.close()
+        assert torch.equal(got["model.embed_tokens.weight"], tensors["model.embed_tokens.weight"] * 2)
+        assert fetcher.take(1) is None
+    finally:
+        fetcher.close()
+    assert leftover_files(1) == [] and leftover_files(2) == []
+
+
+def test_fetcher_reports_a_failure_and_tries_again_when_asked(publisher: ScriptedPublisher) -> None:
+    fetcher = WeightFetcher("g1", timeout_s=5)
+    try:
+        fetcher.want(5, publisher.address)
+        deadline = time.monotonic() + 10
+        result = None
+        while result is None and time.monotonic() < deadline:
+            result = fetcher.take(5)
+            time.sleep(0.02)
+        assert isinstance(result, FetchError) and result.code == "not_found"
+        publisher.publish(5, tensor_chunks(5, sample_tensors(), chunk_bytes=1000))
+        fetcher.want(5, publisher.address)
+        result = None
+        while result is None and time.monotonic() < deadline + 10:
+            result = fetcher.take(5)
+            time.sleep(0.02)
+        assert isinstance(result, WeightSet)
+        result.close()
+    finally:
+        fetcher.close()
