@@ -71,6 +71,7 @@ def run_with_generators(cfg: RunConfig, count: int = 2, **train_args) -> tuple[d
         summary = train(cfg, **train_args)
     finally:
         for generator in generators:
+            generator.join(timeout=10)  # a finished run tells them to shut down
             generator.stop_event.set()
             generator.join(timeout=10)
     assert [g.error for g in generators] == [None] * count
