@@ -6,6 +6,8 @@
     same interpreter, measured in the same run.
 (2) math: M (response, answer) pairs through the daemon with W_math workers, against
     math-verify's parse + verify called in this process on one core.
+Both comparisons alternate the two sides in rounds, so that the load of other programs on a
+shared machine falls on both alike; the times are summed over the rounds.
 
 Prints its figures, then as the last line:
     judge: code_overhead=<sandboxed time / bare time> math_per_core=<daemon rate per worker / in-process rate>
@@ -130,11 +132,16 @@ class Daemon:
 
 
 def judge_all(address: str, requests: list[JudgeRequest]) -> tuple[float, Counter[str]]:
-    with JudgeClient(address, request_timeout_s=600, max_in_flight=1024) as client:
+    with JudgeClient(address, request_timeout_s=600) as client:
         start = time.perf_counter()
         verdicts = client.judge(requests, timeout_s=3600)
         elapsed = time.perf_counter() - start
     return elapsed, Counter(verdict.status for verdict in verdicts.values())
+
+
+def chunks(items: list, rounds: int) -> list[list]:
+    size = -(-len(items) // rounds)
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def bare_code(python: str, tests: list[TestCase], submissions: int, workers: int) -> tuple[float, int]:
@@ -191,54 +198,81 @@ def main() -> None:
         help="math: daemon workers (default: one core left for the daemon and client)",
     )
     parser.add_argument("--python", default="/usr/bin/python3", help="interpreter of both code runs")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two sides")
     args = parser.parse_args()
     rng = random.Random(0)
     print(f"machine: {os.cpu_count()} cores; interpreter {args.python}")
 
-    # (1) code
+    # (1) code. The two sides alternate in rounds, so that load from other programs on the
+    # machine falls on both alike.
     tests = code_tests(args.tests, args.test_size, rng)
     response = f"<think>sort and sum</think>\n```python\n{SOLUTION}```\n"
     requests = [
         JudgeRequest(id=f"code-{i}", kind="code", response=response, tests=tests)
         for i in range(args.submissions)
     ]
-    bare_s, bare_passed = bare_code(args.python, tests, args.submissions, args.workers)
-    print(
-        f"code bare:      {args.submissions} submissions x {args.tests} tests, {args.workers} threads: "
-        f"{bare_s:.2f} s ({bare_passed} passed, {1000 * bare_s / args.submissions:.1f} ms/submission)"
-    )
+    bare_s = sandboxed_s = 0.0
+    bare_passed = 0
+    statuses: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as folder:
         daemon = Daemon(args.workers, f"ipc://{folder}/bench-code.ipc")
         try:
-            judge_all(daemon.address, requests[:4])  # warm-up: workers forked, caches filled
-            sandboxed_s, statuses = judge_all(daemon.address, requests)
+            judge_all(daemon.address, [r.model_copy(update={"id": f"warm-{r.id}"}) for r in requests[:4]])
+            for number, chunk in enumerate(chunks(requests, args.rounds)):
+                for side in ("bare", "sandboxed") if number % 2 == 0 else ("sandboxed", "bare"):
+                    if side == "bare":
+                        elapsed, passed = bare_code(args.python, tests, len(chunk), args.workers)
+                        bare_s += elapsed
+                        bare_passed += passed
+                    else:
+                        elapsed, counted = judge_all(daemon.address, chunk)
+                        sandboxed_s += elapsed
+                        statuses += counted
         finally:
             daemon.stop()
+    n = args.submissions
     print(
-        f"code sandboxed: same work through the daemon, {args.workers} workers, nsjail per submission: "
-        f"{sandboxed_s:.2f} s ({dict(statuses)}, {1000 * sandboxed_s / args.submissions:.1f} ms/submission)"
+        f"code bare:      {n} submissions x {args.tests} tests, {args.workers} threads: "
+        f"{bare_s:.2f} s ({bare_passed} passed, {1000 * bare_s / n:.1f} ms/submission)"
+    )
+    print(
+        f"code sandboxed: same work through the daemon, {args.workers} workers, one jail per submission: "
+        f"{sandboxed_s:.2f} s ({dict(statuses)}, {1000 * sandboxed_s / n:.1f} ms/submission)"
     )
     code_overhead = sandboxed_s / bare_s
 
-    # (2) math
+    # (2) math, alternating in rounds as well
     pairs = math_pairs(args.math_pairs, rng)
     expected = sum(agree for _, _, agree in pairs)
-    local_s, local_agree = in_process_math(pairs)
+    math_requests = [
+        JudgeRequest(id=f"math-{i}", kind="math", response=response, answer=answer)
+        for i, (response, answer, _) in enumerate(pairs)
+    ]
+    local_s = daemon_s = 0.0
+    local_agree = 0
+    statuses = Counter()
+    with tempfile.TemporaryDirectory() as folder:
+        daemon = Daemon(args.math_workers, f"ipc://{folder}/bench-math.ipc")
+        try:
+            for number, (pair_chunk, request_chunk) in enumerate(
+                zip(chunks(pairs, args.rounds), chunks(math_requests, args.rounds), strict=True)
+            ):
+                for side in ("local", "daemon") if number % 2 == 0 else ("daemon", "local"):
+                    if side == "local":
+                        elapsed, agreed = in_process_math(pair_chunk)
+                        local_s += elapsed
+                        local_agree += agreed
+                    else:
+                        elapsed, counted = judge_all(daemon.address, request_chunk)
+                        daemon_s += elapsed
+                        statuses += counted
+        finally:
+            daemon.stop()
     local_rate = len(pairs) / local_s
     print(
         f"math in-process: {len(pairs)} pairs on one core: {local_s:.2f} s, {local_rate:.0f} pairs/s "
         f"({local_agree} equivalent, {expected} by construction)"
     )
-    math_requests = [
-        JudgeRequest(id=f"math-{i}", kind="math", response=response, answer=answer)
-        for i, (response, answer, _) in enumerate(pairs)
-    ]
-    with tempfile.TemporaryDirectory() as folder:
-        daemon = Daemon(args.math_workers, f"ipc://{folder}/bench-math.ipc")
-        try:
-            daemon_s, statuses = judge_all(daemon.address, math_requests)
-        finally:
-            daemon.stop()
     per_worker = len(pairs) / daemon_s / args.math_workers
     print(
         f"math daemon:     {len(pairs)} pairs, {args.math_workers} workers: {daemon_s:.2f} s, "

@@ -17,7 +17,9 @@ Guarantees:
 - Nothing is counted twice: a resend carries the same request id (the daemon joins it to the
   running request), and any later verdict for an id already returned is dropped (`duplicates`).
 - `busy` and `shutting_down` answers are retried with a growing, jittered backoff without using
-  up an attempt; the same when the daemon cannot be reached (it may be restarting).
+  up an attempt; the same when the daemon cannot be reached (it may be restarting). The number
+  of requests on the wire (`window`, at most `max_in_flight`) halves on `busy` and grows by one
+  per verdict, so a full daemon is not flooded with requests it can only bounce.
 - A `bad_request` answer becomes a `bad_request` verdict (the request itself is wrong; no retry).
 - Ids must be unique among pending requests; `submit` raises ValueError otherwise.
 Not thread-safe: use a client from one thread.
@@ -77,6 +79,10 @@ class JudgeClient:
         self.request_timeout_s = request_timeout_s
         self.attempts = attempts
         self.max_in_flight = max_in_flight
+        # Requests on the wire at once: halved on every `busy`, grown by one per verdict, so a
+        # full daemon is not flooded with requests it can only bounce.
+        self.window = max_in_flight
+        self._window_cut_at = 0.0
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.duplicates = 0  # verdicts dropped because their id was already answered
@@ -132,11 +138,12 @@ class JudgeClient:
         """Submit and wait: verdicts by request id."""
         requests = list(requests)
         self.submit(requests)
-        wanted = {request.id for request in requests}
+        missing = {request.id for request in requests}
         found = {}
         for verdict in self.verdicts(timeout_s):
             found[verdict.id] = verdict
-            if wanted <= found.keys():
+            missing.discard(verdict.id)
+            if not missing:
                 break
         return found
 
@@ -169,7 +176,7 @@ class JudgeClient:
         self._send_due()
         self._expire()
         wake = [deadline]
-        if self._outbox and self._on_wire < self.max_in_flight:
+        if self._outbox and self._on_wire < self.window:
             wake.append(self._outbox[0][0])
         if self._sent:
             wake.append(self._sent[0][0] + self.request_timeout_s)
@@ -180,7 +187,7 @@ class JudgeClient:
 
     def _send_due(self) -> None:
         now = time.monotonic()
-        while self._outbox and self._on_wire < self.max_in_flight and self._outbox[0][0] <= now:
+        while self._outbox and self._on_wire < self.window and self._outbox[0][0] <= now:
             _, _, request_id = heapq.heappop(self._outbox)
             pending = self._pending.get(request_id)
             if pending is None or not pending.queued:
@@ -269,9 +276,13 @@ class JudgeClient:
             return
         if pending.sent_at is None or wire_id != pending.wire_ids[-1]:
             return  # an answer to an earlier send; the latest one is still out or queued
+        sent_at = pending.sent_at
         self._off_wire(pending)
         if message.code in _RETRY_LATER:
             pending.attempts -= 1  # the daemon did not take it: not an attempt
+            if sent_at > self._window_cut_at:  # once per round trip, not once per bounced request
+                self.window = max(1, min(self.window, self._on_wire + 1) // 2)
+                self._window_cut_at = time.monotonic()
             self._requeue(request_id, pending, back_off=True)
         elif pending.attempts >= self.attempts:
             detail = f"the judge failed: {message.code}: {message.detail}"[:2000]
@@ -289,3 +300,4 @@ class JudgeClient:
         for wire_id in pending.wire_ids:
             self._wire.pop(wire_id, None)
         self._ready.append(verdict)
+        self.window = min(self.max_in_flight, self.window + 1)
