@@ -8,12 +8,13 @@ load it with `from_pretrained` from a directory, exactly as a real checkpoint wo
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from learner.tiny_tasks import code_items, math_items
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
 # R1-style turn format: no system prompt, the assistant turn opens with "<think>\n".
@@ -26,22 +27,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def _corpus(rng: random.Random, lines: int = 4000) -> list[str]:
-    """Text in the shapes the tiny tasks use: arithmetic, reasoning words, boxed answers, code."""
-    words = (
-        "Please reason step by step, and put your final answer within \\boxed{}. "
-        "Write Python code to solve the problem. Compute the sum product difference of "
-        "def solve(): return print(input()) for in range if else while class Solution: self "
-        "int str list split join map len sorted answer is so the first second number"
-    ).split()
+def _corpus(seed: int) -> list[str]:
+    """The tiny tasks' own text: prompts and worked solutions of both kinds."""
     out = []
-    for _ in range(lines):
-        a, b = rng.randint(0, 999), rng.randint(0, 999)
-        op = rng.choice("+-*")
-        value = eval(f"{a}{op}{b}")  # operands are our own integers
-        out.append(f"{a} {op} {b} = {value}. The answer is \\boxed{{{value}}}")
-        out.append(" ".join(rng.choice(words) for _ in range(12)))
-        out.append(f"```python\nn = int(input())\nprint(n {op} {b})\n```")
+    for item in [*math_items(3000, seed), *code_items(1000, seed)]:
+        out += [item["prompt"], item["solution"]]
     return out
 
 
@@ -55,7 +45,7 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> PreTrainedTokenizer
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(random.Random(seed)), trainer=trainer)
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|endoftext|>",

@@ -27,7 +27,7 @@ def _math_problem(rng: random.Random, level: int) -> tuple[str, int, str]:
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         return f"{a} + {b}", a + b, f"{a} + {b} = {a + b}"
     if level == 2:
-        a, b = rng.randint(10, 99), rng.randint(0, 9)
+        a, b = rng.randint(10, 99), rng.randint(1, 20)
         op = rng.choice("+-")
         value = a + b if op == "+" else a - b
         return f"{a} {op} {b}", value, f"{a} {op} {b} = {value}"
@@ -41,7 +41,9 @@ def _math_problem(rng: random.Random, level: int) -> tuple[str, int, str]:
 def math_items(count: int, seed: int) -> Iterator[dict[str, Any]]:
     rng = random.Random(f"math/{seed}")
     seen: set[str] = set()
-    while len(seen) < count:
+    for _ in range(count * 100):  # bounded: asking for more problems than exist fails clearly
+        if len(seen) == count:
+            return
         level = rng.randint(1, 4)
         expression, value, reasoning = _math_problem(rng, level)
         if expression in seen:
@@ -54,6 +56,7 @@ def math_items(count: int, seed: int) -> Iterator[dict[str, Any]]:
             "level": level,
             "solution": f"{reasoning}\n</think>\nThe answer is \\boxed{{{value}}}.",
         }
+    raise ValueError(f"math_items: only {len(seen)} distinct problems found, {count} asked")
 
 
 # Formulas are built from these operators and small integers only, so eval() is safe here.
@@ -64,7 +67,9 @@ def code_items(count: int, seed: int) -> Iterator[dict[str, Any]]:
     """stdin/stdout programs `print((n OP1 k1) OP2 k2)` and call-based `Solution.solve(a, b)`."""
     rng = random.Random(f"code/{seed}")
     seen: set[str] = set()
-    while len(seen) < count:
+    for _ in range(count * 100):
+        if len(seen) == count:
+            return
         op1, op2 = rng.choice(list(_OPS)), rng.choice(list(_OPS))
         k1, k2 = rng.randint(1, 9), rng.randint(1, 9)
         two_steps = rng.random() < 0.5
@@ -99,6 +104,7 @@ def code_items(count: int, seed: int) -> Iterator[dict[str, Any]]:
             **extra,
             "solution": f"{words}\n</think>\n```python\n{code}\n```",
         }
+    raise ValueError(f"code_items: only {len(seen)} distinct programs found, {count} asked")
 
 
 def split(items: list[dict[str, Any]], heldout_fraction: float, seed: int) -> tuple[list, list]:
