@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from learner.evaluation import PREFIX as EVAL_PREFIX
+from learner.evaluation import EvalRound
 from learner.work_ledger import WorkLedger
 from proto.control import Ack, Heartbeat, Hello, Shutdown
 from proto.curve import CurveServerKeys
@@ -50,6 +52,7 @@ class Dispatcher:
         self.tick_ms = tick_ms
         self.generators: dict[str, GeneratorSeen] = {}
         self.announcement: WeightAnnounce | None = None
+        self.eval_round: EvalRound | None = None
         self._outbox: list[tuple[str, Message]] = []
         self._changed = threading.Condition()
         self._stop = threading.Event()
@@ -92,6 +95,26 @@ class Dispatcher:
             self.announcement = announcement
             for generator_id in self.generators:
                 self._outbox.append((generator_id, announcement))
+
+    def evaluate(self, evaluation: EvalRound, timeout_s: float) -> EvalRound:
+        """Run one held-out evaluation round to its end (its items go out before training work)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            self.eval_round = evaluation
+            try:
+                while not evaluation.done:
+                    if not self._thread.is_alive():
+                        raise RuntimeError("the dispatcher thread has stopped")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"evaluation {evaluation.tag}: {len(evaluation.results)} of "
+                            f"{len(evaluation.prompts)} prompts scored within {timeout_s:.0f} s"
+                        )
+                    self._changed.wait(min(remaining, 1.0))
+            finally:
+                self.eval_round = None
+        return evaluation
 
     def state(self) -> dict[str, Any]:
         with self._changed:
@@ -157,9 +180,15 @@ class Dispatcher:
             assert seen is not None
             seen.credits += message.credits
         elif isinstance(message, RolloutGroup):
-            detail = self.ledger.accept(message)
+            if message.work_id.startswith(EVAL_PREFIX):
+                detail = self.eval_round.accept(message) if self.eval_round is not None else "late"
+            else:
+                detail = self.ledger.accept(message)
         elif isinstance(message, WorkAborted):
-            detail = f"released {self.ledger.release(message.work_ids, sender)}"
+            released = self.ledger.release(message.work_ids, sender)
+            if self.eval_round is not None:
+                released += self.eval_round.release(message.work_ids, sender)
+            detail = f"released {released}"
         self._server.reply(request, Ack(detail=detail))
 
     def _housekeeping(self) -> None:
@@ -173,10 +202,13 @@ class Dispatcher:
             )
             del self.generators[generator_id]
         self._queue_cancels(self.ledger.expire(lost), "lease expired")
+        if self.eval_round is not None:
+            self._queue_cancels(self.eval_round.expire(lost), "lease expired")
         for generator_id, seen in self.generators.items():
             if seen.credits <= 0:
                 continue
-            items = self.ledger.issue(generator_id, seen.credits)
+            items = self.eval_round.issue(generator_id, seen.credits) if self.eval_round is not None else []
+            items += self.ledger.issue(generator_id, seen.credits - len(items))
             if items:
                 seen.credits -= len(items)
                 self._outbox.append((generator_id, WorkBatch(items=items)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import Field
@@ -20,13 +20,15 @@ from pydantic import Field
 from learner.batch_log import BatchLog
 from learner.config import LearnerConfig, Section
 from learner.dispatcher import Dispatcher
+from learner.evaluation import EvalRound
 from learner.metrics import MetricsWriter
-from learner.prompts import load_prompts
+from learner.prompts import Prompt, load_prompts
 from learner.publisher import WeightPublisher
 from learner.schedule import Schedule
 from learner.trainer import Learner
 from learner.work_ledger import WorkLedger, split_work_id
 from proto.curve import CurveServerKeys
+from proto.work import SamplingParams
 
 log = structlog.get_logger("learner.run")
 
@@ -40,9 +42,28 @@ class DispatchConfig(Section):
     batch_timeout_s: float = Field(default=1800.0, gt=0)  # no batch in this time stops the run
 
 
+class EvalSet(Section):
+    task: Literal["math", "code"]
+    prompts: Path
+    limit: int | None = Field(default=None, ge=1)  # the first `limit` prompts only
+
+
+class EvalConfig(Section):
+    """Held-out evaluation before RL, at the end of every stage, and at the end."""
+
+    sets: list[EvalSet] = []
+    k: int = Field(default=4, ge=1)  # avg@k: samples per prompt at `temperature`
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    greedy: bool = True  # also one greedy completion per prompt
+    max_tokens: int | None = Field(default=None, ge=1)  # default: the longest of the schedule's stages
+    timeout_s: float = Field(default=1800.0, gt=0)
+
+
 class RunConfig(LearnerConfig):
     schedule: Schedule
     dispatch: DispatchConfig = DispatchConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 class GateViolation(RuntimeError):
@@ -89,11 +110,17 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
     dispatcher.start()
     saved_at = learner.step
     started = time.perf_counter()
+    eval_sets = [(spec, load_prompts(spec.prompts, spec.task)[: spec.limit]) for spec in cfg.eval.sets]
     try:
         dispatcher.publish(publisher.publish(learner.version, learner.weights()))
+        if learner.step == 0:
+            _evaluate(cfg, eval_sets, learner, dispatcher, metrics)
         while not ledger.done and (max_steps is None or learner.step < max_steps):
+            stage_before = ledger.stage_index
             record = _one_step(cfg, learner, dispatcher, publisher, batches)
             metrics.write(record)
+            if ledger.stage_index != stage_before:
+                _evaluate(cfg, eval_sets, learner, dispatcher, metrics, stage=stage_before)
             if learner.due_checkpoint():
                 learner.save_checkpoint({"dispatcher": dispatcher.state()})
                 saved_at = learner.step
@@ -112,6 +139,54 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
     }
     log.info("run_finished", **summary)
     return summary
+
+
+def _evaluate(
+    cfg: RunConfig,
+    eval_sets: list[tuple[EvalSet, list[Prompt]]],
+    learner: Learner,
+    dispatcher: Dispatcher,
+    metrics: MetricsWriter,
+    stage: int = 0,
+) -> None:
+    """Score every held-out set with the current weights; one `eval` record per set and mode."""
+    e = cfg.eval
+    stages = cfg.schedule.stages
+    modes = [(e.k, e.temperature)] + ([(1, 0.0)] if e.greedy else [])
+    for spec, prompts in eval_sets:
+        longest = max((s.max_response_tokens for s in stages if s.kind == spec.task), default=None)
+        max_tokens = e.max_tokens or longest or max(s.max_response_tokens for s in stages)
+        for k, temperature in modes:
+            mode = "greedy" if temperature == 0 else f"avg{k}"
+            sampling = SamplingParams(n=k, max_tokens=max_tokens, temperature=temperature, top_p=e.top_p)
+            evaluation = EvalRound(
+                f"{learner.step}/{spec.task}/{mode}",
+                spec.task,
+                prompts,
+                sampling,
+                version=learner.version,
+                stage=stage,
+                lease_s=cfg.schedule.lease_s,
+                max_attempts=cfg.schedule.max_attempts,
+            )
+            started = time.perf_counter()
+            dispatcher.evaluate(evaluation, e.timeout_s)
+            record = {
+                "kind": "eval",
+                "step": learner.step,
+                "stage": stage,
+                "stage_name": stages[stage].name,
+                "task": spec.task,
+                "mode": mode,
+                "accuracy": evaluation.accuracy(),
+                "k": k,
+                "temperature": temperature,
+                "n": len(evaluation.results),
+                "skipped": evaluation.skipped,
+                "eval_s": time.perf_counter() - started,
+            }
+            metrics.write(record)
+            log.info("evaluated", **{key: record[key] for key in ("step", "task", "mode", "accuracy", "n")})
 
 
 def _one_step(

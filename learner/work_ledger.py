@@ -171,7 +171,7 @@ class WorkLedger:
             ),
             lease_s=self.schedule.lease_s,
             attempt=attempt,
-            **_judge_fields(prompt),
+            **judge_fields(prompt),
         )
         self.leases[chosen] = Lease(item, generator_id, self.clock() + self.schedule.lease_s)
         self.counts["issued"] += 1
@@ -338,7 +338,7 @@ class WorkLedger:
         self.counts = collections.Counter(state["counts"])
 
 
-def _judge_fields(prompt: Prompt) -> dict[str, Any]:
+def judge_fields(prompt: Prompt) -> dict[str, Any]:
     if isinstance(prompt, MathPrompt):
         return {"answer": prompt.answer}
     assert isinstance(prompt, CodePrompt)

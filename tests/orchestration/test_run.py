@@ -42,8 +42,11 @@ def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
     return math, code
 
 
-def config(tiny_model_dir: Path, tmp_path: Path, address: str, **schedule) -> RunConfig:
+def config(tiny_model_dir: Path, tmp_path: Path, address: str, evals: bool = False, **schedule) -> RunConfig:
     math, code = prompt_files(tmp_path)
+    eval_sets = (
+        [{"task": "math", "prompts": math, "limit": 4}, {"task": "code", "prompts": code}] if evals else []
+    )
     stage = {"max_response_tokens": 8, "batch_prompts": 3, "n": 4, "learning_rate": 1e-4}
     return RunConfig.model_validate(
         {
@@ -52,6 +55,7 @@ def config(tiny_model_dir: Path, tmp_path: Path, address: str, **schedule) -> Ru
             "metrics": {"tensorboard": False},
             "checkpoint": {"every_steps": 2, "hf_model": False},
             "dispatch": {"address": address, "heartbeat_timeout_s": 10, "batch_timeout_s": 60},
+            "eval": {"sets": eval_sets, "k": 4, "timeout_s": 60},
             "schedule": {
                 "stages": [
                     {"name": "math-8", "kind": "math", "prompts": math, "steps": 3, **stage},
@@ -119,3 +123,21 @@ def test_resume_mid_stage_trains_the_same_prompts(tiny_model_dir: Path, tmp_path
     assert [b["work_ids"] for b in read_batches(stopped.run_dir)] == [
         b["work_ids"] for b in read_batches(straight.run_dir)
     ]
+
+
+def test_held_out_evaluation_before_rl_and_after_every_stage(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = config(tiny_model_dir, tmp_path, f"tcp://127.0.0.1:{free_port()}", evals=True)
+    summary, _ = run_with_generators(cfg)
+    assert summary["done"]
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    evals = [r for r in map(json.loads, lines) if r["kind"] == "eval"]
+    # before RL (step 0), after the math stage (step 3), after the code stage (step 5)
+    assert sorted({(r["step"], r["stage"]) for r in evals}) == [(0, 0), (3, 0), (5, 1)]
+    for r in evals:
+        assert r["n"] == (4 if r["task"] == "math" else 6) and r["skipped"] == 0
+        # the scripted generators reward completions 0, 2, ...: avg@4 = 0.5, greedy (index 0) = 1
+        assert r["accuracy"] == (1.0 if r["mode"] == "greedy" else 0.5)
+        assert r["k"] == (1 if r["mode"] == "greedy" else 4)
+    assert len(evals) == 3 * 2 * 2
+    trained = [w for b in read_batches(cfg.run_dir) for w in b["work_ids"]]
+    assert not [w for w in trained if w.startswith("eval/")]
