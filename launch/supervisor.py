@@ -222,7 +222,7 @@ class Supervisor:
             logs / "judge.log",
             judge_address,
         )
-        learner_argv = [py, "-m", "learner.run", "--config", str(self.run_dir / "learner.yaml")]
+        learner_argv = [py, "-m", "learner", "run", "--config", str(self.run_dir / "learner.yaml")]
         if self.resume:
             learner_argv.append("--resume")
         if self.max_steps is not None:

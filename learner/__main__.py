@@ -1,5 +1,6 @@
-"""`python -m learner`: train with GRPO on rollout groups from a file, or on the built-in demo task.
+"""`python -m learner`: the training run, or GRPO on rollout groups from a file or a demo task.
 
+    python -m learner run --config RUN.yaml [--resume] [--max-steps N] [key=value ...]
     python -m learner train --rollouts groups.bin --groups-per-step 8 [--config run.yaml] [key=value ...]
     python -m learner demo --steps 20 [--config run.yaml] [key=value ...]
 
@@ -161,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # the full run: dispatcher, version gate, stage schedule (learner/run.py)
+        from learner.run import main as run_main
+
+        return run_main(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
