@@ -37,7 +37,7 @@ def test_resends_are_judged_once_and_delivered_once(daemon: LiveDaemon) -> None:
     slow = code_request(
         "import time\ntime.sleep(1.2)\nprint('ok')", [("", "ok")], ident="resent", time_limit_s=5
     )
-    with JudgeClient(daemon.address, request_timeout_s=0.4, attempts=10) as client:
+    with JudgeClient(daemon.address, request_timeout_s=0.4, attempts=100) as client:
         before = client.stats().counts.get("accepted", 0)
         client.submit(slow)
         verdicts = list(client.verdicts(timeout_s=60))
