@@ -56,7 +56,12 @@ class WeightReloadExtension:
                 flat = torch.frombuffer(mapped, dtype=TORCH_DTYPES[dtype], count=count, offset=offset)
                 yield name, flat.view(shape)
 
-        self.model_runner.reload_weights(weights_iterator=tensors())  # type: ignore[attr-defined]
+        from vllm.config import set_current_vllm_config
+
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            tied = _tied_parameters(self.model_runner.get_model())  # type: ignore[attr-defined]
+            self.model_runner.reload_weights(weights_iterator=tensors())  # type: ignore[attr-defined]
+            _refresh_tied(tied)
         with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it later
             mapped.close()
         return len(layout)
@@ -65,6 +70,38 @@ class WeightReloadExtension:
         """Sum of every parameter, by name: lets a test see that a reload reached the workers."""
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         return {name: float(param.detach().double().sum()) for name, param in model.named_parameters()}
+
+
+Tied = list[tuple[torch.nn.Parameter, list[tuple[torch.nn.Module, str]]]]
+
+
+def _tied_parameters(model: torch.nn.Module) -> Tied:
+    """Parameters shared by several modules (tied input and output embeddings, for one)."""
+    owners: dict[int, tuple[torch.nn.Parameter, list[tuple[torch.nn.Module, str]]]] = {}
+    for module in model.modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), (param, []))[1].append((module, attr))
+    return [(param, places) for param, places in owners.values() if len(places) > 1]
+
+
+def _refresh_tied(tied: Tied) -> None:
+    """Bring every module of a tied parameter up to date with the reloaded values.
+
+    vLLM's layerwise reload processes a module only when its own weights arrive; the tied
+    lm_head receives none ("Failed to load weights"), so whatever its quant method derived from
+    the old values at start-up (on CPU, a packed GEMM copy of the embedding) would stay stale.
+    If the reload swapped the parameter object, the modules share the new one again first.
+    """
+    for original, places in tied:
+        current = [getattr(module, attr) for module, attr in places]
+        fresh = next((param for param in current if param is not original), original)
+        for module, attr in places:
+            if getattr(module, attr) is not fresh:
+                setattr(module, attr, fresh)
+            quant_method = getattr(module, "quant_method", None)
+            if quant_method is not None and hasattr(quant_method, "process_weights_after_loading"):
+                quant_method.process_weights_after_loading(module)
 
 
 def resolve_path(requested: Literal["auto", "shm", "ipc"]) -> WeightPath:
