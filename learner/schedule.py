@@ -51,6 +51,9 @@ class Schedule(BaseModel):
     stages: list[Stage] = Field(min_length=1)
     max_staleness: int = Field(default=0, ge=0)  # 0: strictly on-policy
     dynamic_sampling: bool = True  # drop groups whose rewards are all equal; top the batch up
+    # ...but after this many batches' worth of such groups in one step, keep them (they train
+    # nothing; the step goes on and shows zero_var_frac) rather than sample forever.
+    max_zero_variance_batches: float = Field(default=8.0, gt=0)
     seed: int = 0
     lease_s: float = Field(default=600.0, gt=0)  # a prompt not answered in this time is re-issued
     max_attempts: int = Field(default=3, ge=1)  # issues of one prompt before it is skipped

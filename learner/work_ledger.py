@@ -76,6 +76,7 @@ class WorkLedger:
         self.epoch_open: set[str] = set()  # work ids of this epoch issued but not yet resolved
         self.epoch_solved: set[str] = set()  # prompt ids every completion solved this epoch
         self.counts: collections.Counter[str] = collections.Counter()
+        self.zero_variance_this_step = 0
 
     # -- where the schedule stands ------------------------------------------------------------
 
@@ -205,7 +206,11 @@ class WorkLedger:
             return self._count("stale")
         self._resolve(group.work_id, solved=all(c.reward == 1 for c in group.completions))
         if self.schedule.dynamic_sampling and len({c.reward for c in group.completions}) == 1:
-            return self._count("zero_variance")
+            limit = self.schedule.max_zero_variance_batches * self.stage.batch_prompts
+            if self.zero_variance_this_step < limit:
+                self.zero_variance_this_step += 1
+                return self._count("zero_variance")
+            self.counts["zero_variance_kept"] += 1
         self.ready.append(group)
         return self._count("accepted")
 
@@ -271,6 +276,7 @@ class WorkLedger:
             return None
         batch, self.ready = self.ready[:size], self.ready[size:]
         self.next_step += 1
+        self.zero_variance_this_step = 0
         self.stage_steps_taken += 1
         if self.stage_steps_taken == self.stage.steps:
             return batch, self._end_stage()

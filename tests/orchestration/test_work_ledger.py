@@ -283,3 +283,13 @@ def test_resume_continues_with_the_same_prompts(staleness: int) -> None:
     resumed = fresh()
     resumed.restore(state)
     assert run(resumed, 5) == tail
+
+
+def test_dynamic_sampling_gives_up_on_a_batch_without_signal() -> None:
+    book = ledger([stage("m", steps=1, batch=2)], [math_prompts(20)], max_zero_variance_batches=2)
+    outcomes = []
+    while book.take_batch() is None:
+        for item in book.issue("g0", 1):
+            outcomes.append(book.accept(answer(item, rewards=[0.0, 0.0])))
+    assert outcomes == ["zero_variance"] * 4 + ["accepted"] * 2
+    assert book.counts["zero_variance_kept"] == 2
