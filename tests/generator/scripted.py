@@ -113,6 +113,8 @@ class DispatcherLog:
     groups: list[RolloutGroup] = field(default_factory=list)  # every group received, resends too
     accepted: dict[str, RolloutGroup] = field(default_factory=dict)  # first valid answer per id
     late: list[RolloutGroup] = field(default_factory=list)
+    mismatched: list[RolloutGroup] = field(default_factory=list)  # version or attempt not the lease's
+    twice: list[str] = field(default_factory=list)  # work ids accepted a second time (must stay empty)
     aborted: list[WorkAborted] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
     hellos: list[Hello] = field(default_factory=list)
@@ -123,6 +125,7 @@ class ScriptedDispatcher:
     """Issues queued items to generators as they credit, with leases; re-issues expired or aborted ones.
 
     Keeps the first valid answer per work id (same attempt as the live lease), as the protocol says.
+    An item handed back is issued again for the newest version, as the learner does.
     """
 
     def __init__(self, address: str = "tcp://127.0.0.1:*") -> None:
@@ -135,6 +138,7 @@ class ScriptedDispatcher:
         self.peers: dict[str, bytes] = {}
         self.items: dict[str, WorkItem] = {}  # latest attempt of every item ever queued
         self.issuing = True
+        self.current_version = 0
         self._pushes: deque[tuple[str | None, Message]] = deque()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -211,9 +215,12 @@ class ScriptedDispatcher:
             if lease is None or lease.item.attempt != message.attempt:
                 self.log.late.append(message)
                 return
+            if message.policy_version != lease.item.policy_version:
+                self.log.mismatched.append(message)
+                return
             del self.leases[message.work_id]
             if message.work_id in self.log.accepted:
-                raise AssertionError(f"{message.work_id} accepted twice")
+                self.log.twice.append(message.work_id)
             self.log.accepted[message.work_id] = message
         elif isinstance(message, WorkAborted):
             self.log.aborted.append(message)
@@ -224,7 +231,8 @@ class ScriptedDispatcher:
                     self._requeue(lease.item)
 
     def _requeue(self, item: WorkItem) -> None:
-        again = item.model_copy(update={"attempt": item.attempt + 1})
+        version = max(item.policy_version, self.current_version)
+        again = item.model_copy(update={"attempt": item.attempt + 1, "policy_version": version})
         self.items[item.id] = again
         self.queue.append(again)
 
