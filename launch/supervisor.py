@@ -355,7 +355,7 @@ def progress_line(metrics: Path) -> str:
     train = [json.loads(line) for line in lines if '"kind": "train"' in line]
     if not train:
         return "waiting for the first step"
-    r = train[-1]
+    r = {key: (0.0 if value is None else value) for key, value in train[-1].items()}  # null: not measured
     return (
         f"step {r['step']:>4}  stage {r.get('stage_name', r.get('stage'))}  reward {r['reward_mean']:.3f}  "
         f"acc {r['accuracy']:.3f}  len {r['response_len_mean']:.0f}  entropy {r.get('entropy', 0):.3f}  "

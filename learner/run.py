@@ -211,6 +211,15 @@ def _one_step(
     if not record["trained"]:
         learner.step += 1  # nothing carried gradient: the weights stay, the version still moves on
         learner.version += 1
+        for key in (
+            "loss",
+            "entropy",
+            "logprob_mismatch",
+            "logprob_mismatch_max",
+            "grad_norm",
+            "tokens_per_s",
+        ):
+            record.setdefault(key, None)  # not measured: no trained token (written as null)
     published = time.perf_counter()
     dispatcher.publish(publisher.publish(learner.version, learner.weights()))
     counts = dispatcher.counts()
