@@ -35,8 +35,8 @@ log = structlog.get_logger("learner.run")
 
 class DispatchConfig(Section):
     address: str = "tcp://127.0.0.1:5555"
-    curve_secret_file: Path | None = None  # required to bind off loopback (and for publish.address)
-    curve_clients_dir: Path | None = None  # public keys of the generators let in
+    secret_key: Path | None = None  # CURVE secret key file; required to bind off loopback
+    clients_dir: Path | None = None  # public keys of the only generators let in
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     overissue: float = Field(default=1.0, ge=1.0)  # with dynamic sampling: spare prompts in flight
     batch_timeout_s: float = Field(default=1800.0, gt=0)  # no batch in this time stops the run
@@ -91,17 +91,18 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
         metrics.drop_from(state.step)
         batches.drop_from(state.step)
         log.info("resumed", step=state.step, stage=ledger.stage_index, pending=len(ledger.queue))
-    curve = (
-        CurveServerKeys(cfg.dispatch.curve_secret_file, cfg.dispatch.curve_clients_dir)
-        if cfg.dispatch.curve_secret_file is not None
-        else None
-    )
+    curve = None
+    if cfg.dispatch.secret_key is not None:
+        curve = CurveServerKeys(cfg.dispatch.secret_key, cfg.dispatch.clients_dir)
+    weights_curve = curve  # the publisher takes the dispatcher's keys unless it has its own
+    if cfg.publish.secret_key is not None:
+        weights_curve = CurveServerKeys(cfg.publish.secret_key, cfg.publish.clients_dir)
     publisher = WeightPublisher(
         cfg.publish.address or "tcp://127.0.0.1:*",
         chunk_bytes=cfg.publish.chunk_bytes,
         max_streams=cfg.publish.max_streams,
         send_timeout_s=cfg.publish.send_timeout_s,
-        curve=curve,
+        curve=weights_curve,
     )
     dispatcher = Dispatcher(
         ledger, cfg.dispatch.address, curve=curve, heartbeat_timeout_s=cfg.dispatch.heartbeat_timeout_s
