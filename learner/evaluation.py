@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from learner.prompts import Prompt
-from learner.work_ledger import Lease, judge_fields
+from learner.work_ledger import Lease, Leases, judge_fields
 from proto.judge import UNJUDGED_STATUSES
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem
@@ -41,7 +41,7 @@ class EvalRound:
         self.lease_s, self.max_attempts, self.clock = lease_s, max_attempts, clock
         self.prompts = {f"{PREFIX}{tag}/{p.id}": p for p in prompts}
         self.queue = collections.deque(self.prompts)
-        self.leases: dict[str, Lease] = {}
+        self.leases = Leases()
         self.attempts: dict[str, int] = {}
         self.results: dict[str, RolloutGroup] = {}
         self.skipped = 0
@@ -98,21 +98,14 @@ class EvalRound:
             self.queue.append(chosen)
 
     def release(self, work_ids: list[str], generator_id: str) -> int:
-        released = 0
-        for chosen in work_ids:
-            lease = self.leases.get(chosen)
-            if lease is not None and lease.generator_id == generator_id:
-                del self.leases[chosen]
-                self._requeue(chosen)
-                released += 1
-        return released
+        released = self.leases.take_back(work_ids, generator_id)
+        for chosen in released:
+            self._requeue(chosen)
+        return len(released)
 
     def expire(self, lost_generators: set[str]) -> dict[str, list[str]]:
-        now = self.clock()
-        cancel: dict[str, list[str]] = collections.defaultdict(list)
-        for chosen, lease in list(self.leases.items()):
-            if lease.deadline < now or lease.generator_id in lost_generators:
-                del self.leases[chosen]
+        cancel = self.leases.overdue(self.clock(), lost_generators)
+        for work_ids in cancel.values():
+            for chosen in work_ids:
                 self._requeue(chosen)
-                cancel[lease.generator_id].append(chosen)
-        return dict(cancel)
+        return cancel

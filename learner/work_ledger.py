@@ -37,6 +37,26 @@ class Lease:
     deadline: float
 
 
+class Leases(dict[str, Lease]):
+    """Work out now, by work id."""
+
+    def take_back(self, work_ids: list[str], generator_id: str) -> list[str]:
+        """End the leases among `work_ids` that `generator_id` holds; returns their ids."""
+        ended = [w for w in work_ids if w in self and self[w].generator_id == generator_id]
+        for chosen in ended:
+            del self[chosen]
+        return ended
+
+    def overdue(self, now: float, lost_generators: set[str]) -> dict[str, list[str]]:
+        """End the leases past their deadline or held by lost generators; by generator."""
+        ended: dict[str, list[str]] = collections.defaultdict(list)
+        for chosen, lease in list(self.items()):
+            if lease.deadline < now or lease.generator_id in lost_generators:
+                del self[chosen]
+                ended[lease.generator_id].append(chosen)
+        return dict(ended)
+
+
 def work_id(stage: int, epoch: int, prompt_id: str) -> str:
     return f"{stage}/{epoch}/{prompt_id}"
 
@@ -71,7 +91,7 @@ class WorkLedger:
         self.next_step = 0  # the step the next batch is for (its samples' versions are gated)
         self.queue: collections.deque[str] = collections.deque()  # work ids to issue again first
         self.attempts: dict[str, int] = {}
-        self.leases: dict[str, Lease] = {}
+        self.leases = Leases()
         self.ready: list[RolloutGroup] = []
         self.epoch_open: set[str] = set()  # work ids of this epoch issued but not yet resolved
         self.epoch_solved: set[str] = set()  # prompt ids every completion solved this epoch
@@ -235,27 +255,20 @@ class WorkLedger:
 
     def release(self, work_ids: list[str], generator_id: str) -> int:
         """A generator hands items back (aborted, shutting down): issue them again."""
-        released = 0
-        for chosen in work_ids:
-            lease = self.leases.get(chosen)
-            if lease is not None and lease.generator_id == generator_id:
-                del self.leases[chosen]
-                self._requeue(chosen)
-                released += 1
-        self.counts["released"] += released
-        return released
+        released = self.leases.take_back(work_ids, generator_id)
+        for chosen in released:
+            self._requeue(chosen)
+        self.counts["released"] += len(released)
+        return len(released)
 
     def expire(self, lost_generators: set[str] = frozenset()) -> dict[str, list[str]]:
         """Re-issue leases past their deadline or held by lost generators; returns what to cancel."""
-        now = self.clock()
-        cancel: dict[str, list[str]] = collections.defaultdict(list)
-        for chosen, lease in list(self.leases.items()):
-            if lease.deadline < now or lease.generator_id in lost_generators:
-                del self.leases[chosen]
+        cancel = self.leases.overdue(self.clock(), lost_generators)
+        for work_ids in cancel.values():
+            for chosen in work_ids:
                 self._requeue(chosen)
-                cancel[lease.generator_id].append(chosen)
-                self.counts["expired"] += 1
-        return dict(cancel)
+            self.counts["expired"] += len(work_ids)
+        return cancel
 
     # -- the learner's side -----------------------------------------------------------------------
 
@@ -296,7 +309,7 @@ class WorkLedger:
         self.counts["cancelled"] += len(self.leases)
         self.counts["discarded_at_stage_end"] += len(self.ready)
         log.info("stage_done", stage=self.stage.name, steps=self.stage_steps_taken)
-        self.leases, self.ready, self.queue = {}, [], collections.deque()
+        self.leases, self.ready, self.queue = Leases(), [], collections.deque()
         self.epoch_open, self.epoch_solved = set(), set()
         self.stage_index += 1
         self.stage_steps_taken = 0
@@ -338,7 +351,7 @@ class WorkLedger:
         # a restored attempt count keeps max_attempts meaningful; the lease itself is gone
         self.attempts = dict(state["attempts"])
         self.queue = collections.deque(state["pending"])
-        self.leases, self.ready = {}, []
+        self.leases, self.ready = Leases(), []
         self.epoch_open = set(state["epoch_open"])
         self.epoch_solved = set(state["epoch_solved"])
         self.counts = collections.Counter(state["counts"])

@@ -27,21 +27,8 @@ CODE_STATUSES = (
     "sandbox_error",
 )
 # bad_request: the request itself was invalid; it was not judged.
-VerdictStatus = Literal[
-    "correct",
-    "no_answer",
-    "timeout",
-    "accepted",
-    "wrong_answer",
-    "runtime_error",
-    "time_limit",
-    "memory_limit",
-    "output_limit",
-    "no_code",
-    "syntax_error",
-    "sandbox_error",
-    "bad_request",
-]
+ALL_STATUSES = (*dict.fromkeys(MATH_STATUSES + CODE_STATUSES), "bad_request")
+VerdictStatus = Literal[ALL_STATUSES]  # type: ignore[valid-type]  # Literal of every name above
 REWARDED_STATUSES = frozenset({"correct", "accepted"})
 # Verdicts that say nothing about the response: a trainer must not turn them into reward 0.
 UNJUDGED_STATUSES = frozenset({"timeout", "sandbox_error", "bad_request"})
@@ -54,17 +41,22 @@ class TestCase(Struct):
     output: str
 
 
-class JudgeRequest(Message):
+class Reference(Struct):
+    """What a response is checked against: a math answer, or code tests and their limits."""
+
+    answer: str | None = None
+    tests: list[TestCase] | None = None
+    fn_name: str | None = None  # call-based problems: the method of `class Solution` to call
+    time_limit_s: float | None = Field(default=None, gt=0)
+    memory_limit_mb: int | None = Field(default=None, gt=0)
+
+
+class JudgeRequest(Message, Reference):
     TYPE = "judge_request"
 
     id: str = Field(min_length=1, max_length=256)
     kind: Literal["math", "code"]
     response: str
-    answer: str | None = None
-    tests: list[TestCase] | None = None
-    fn_name: str | None = None
-    time_limit_s: float | None = Field(default=None, gt=0)
-    memory_limit_mb: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> JudgeRequest:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from proto.judge import TestCase
+from proto.judge import Reference
 from proto.message import Int32Array, Message, Struct
 
 
@@ -20,8 +20,8 @@ class SamplingParams(Struct):
     seed: int | None = None
 
 
-class WorkItem(Message):
-    """One prompt to sample `sampling.n` completions for, with what the judge needs."""
+class WorkItem(Message, Reference):
+    """One prompt to sample `sampling.n` completions for, with what the judge checks them against."""
 
     TYPE = "work_item"
 
@@ -35,12 +35,6 @@ class WorkItem(Message):
     sampling: SamplingParams
     lease_s: float = Field(gt=0)  # re-issued elsewhere if not answered within this time
     attempt: int = Field(default=0, ge=0)
-    # What the judge needs (the judge contract in proto/judge.py):
-    answer: str | None = None
-    tests: list[TestCase] | None = None
-    fn_name: str | None = None
-    time_limit_s: float | None = Field(default=None, gt=0)
-    memory_limit_mb: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkItem:
