@@ -167,6 +167,8 @@ class Dispatcher:
             if seen is None or isinstance(message, Hello):
                 if seen is None:
                     log.info("generator_joined", generator=sender)
+                if isinstance(message, Hello):
+                    self._release_all(sender)
                 seen = self.generators[sender] = GeneratorSeen(request.peer, time.monotonic())
                 if isinstance(message, Hello):
                     seen.info = dict(message.info)
@@ -190,6 +192,21 @@ class Dispatcher:
                 released += self.eval_round.release(message.work_ids, sender)
             detail = f"released {released}"
         self._server.reply(request, Ack(detail=detail))
+
+    def _release_all(self, generator_id: str) -> None:
+        """A Hello starts a generator afresh (a restarted process holds nothing): what its id held
+        goes out again now rather than when its leases run out."""
+        held = [w for w, lease in self.ledger.leases.items() if lease.generator_id == generator_id]
+        released = self.ledger.release(held, generator_id)
+        if self.eval_round is not None:
+            held_eval = [
+                w for w, lease in self.eval_round.leases.items() if lease.generator_id == generator_id
+            ]
+            released += self.eval_round.release(held_eval, generator_id)
+            held += held_eval
+        if released:
+            log.warning("generator_restarted", generator=generator_id, released=released)
+            self._queue_cancels({generator_id: held}, "generator restarted")
 
     def _housekeeping(self) -> None:
         now = time.monotonic()

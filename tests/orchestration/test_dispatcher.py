@@ -162,3 +162,18 @@ def test_stop_tells_generators_to_shut_down() -> None:
     assert any(isinstance(m, Shutdown) and m.reason == "done" for m in gen.pushed)
     assert not any(isinstance(m, Error) for m in gen.pushed)
     gen.close()
+
+
+def test_a_restarted_generator_gets_its_old_work_again_at_once(dispatcher: Dispatcher) -> None:
+    first = ScriptedGenerator(dispatcher.address, "g0")
+    first.credit(4)
+    held = first.collect(4)
+    first.close()  # the process dies; a new one starts under the same id
+    second = ScriptedGenerator(dispatcher.address, "g0")
+    second.credit(4)
+    again = second.collect(4, timeout_s=5)
+    assert sorted(i.id for i in again) == sorted(i.id for i in held) and {i.attempt for i in again} == {1}
+    for item in again:
+        assert second.answer(item) == "accepted"
+    assert len(dispatcher.take_batch(timeout_s=5)) == 4
+    second.close()
