@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from proto.rollout import RolloutGroup
@@ -30,6 +31,7 @@ class BatchLog:
             "work_ids": [group.work_id for group in batch],
             "versions": [group.policy_version for group in batch],
             "generators": sorted({group.generator_id for group in batch}),
+            "statuses": dict(Counter(c.judge_status for group in batch for c in group.completions)),
         }
         with self.path.open("a") as out:
             out.write(json.dumps(record) + "\n")

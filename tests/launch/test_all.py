@@ -1,7 +1,7 @@
 """The main job end to end: `launch/supervisor.py` (what launch/all.sh runs) with the real judge,
 real vLLM generators and the real DeepSpeed learner on a scaled-down tiny recipe. A generator is
-SIGKILLed mid-run: the run still completes, the generator is restarted, and no prompt is lost or
-trained twice."""
+SIGKILLed mid-run, then the judge: the run still completes, both are restarted, no prompt is lost
+or trained twice, and nothing is trained with a reward the judge did not give."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from learner.batch_log import read_batches
+from proto.judge import UNJUDGED_STATUSES
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,16 +57,22 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    killed = None
+    killed: dict[str, int] = {}
     deadline = time.monotonic() + 900
+
+    def kill(name: str) -> None:
+        victim = next(c for c in json.loads((run_dir / "components.json").read_text()) if c["name"] == name)
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed[name] = victim["pid"]
+
     try:
         while supervisor.poll() is None and time.monotonic() < deadline:
             metrics = run_dir / "metrics.jsonl"
-            if killed is None and metrics.exists() and '"kind": "train"' in metrics.read_text():
-                components = json.loads((run_dir / "components.json").read_text())
-                victim = next(c for c in components if c["name"] == "generator1")
-                os.kill(victim["pid"], signal.SIGKILL)
-                killed = victim["pid"]
+            steps = metrics.read_text().count('"kind": "train"') if metrics.exists() else 0
+            if steps >= 1 and "generator1" not in killed:
+                kill("generator1")
+            if steps >= 2 and "judge" not in killed:
+                kill("judge")
             time.sleep(0.5)
         output = supervisor.communicate(timeout=60)[0]
     finally:
@@ -73,10 +80,11 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
             supervisor.send_signal(signal.SIGTERM)
             supervisor.wait(timeout=60)
     assert supervisor.returncode == 0, output[-3000:]
-    assert killed is not None, "the run ended before a generator could be killed"
+    assert set(killed) == {"generator1", "judge"}, "the run ended before its components could be killed"
 
     components = {c["name"]: c for c in json.loads((run_dir / "components.json").read_text())}
-    assert components["generator1"]["restarts"] == 1 and components["generator1"]["pid"] != killed
+    for name, pid in killed.items():
+        assert components[name]["restarts"] == 1 and components[name]["pid"] != pid
     for name in (
         "config.yaml",
         "components.json",
@@ -122,5 +130,8 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
     assert len(trained) == len(set(trained)), "a prompt was trained twice"
     assert [b["stage"] for b in batches] == [0, 0, 0, 1, 1]
     assert all(w.startswith(f"{b['stage']}/") for b in batches for w in b["work_ids"])
+    # while the judge was down nothing was trained with a made-up reward
+    statuses = {status for b in batches for status in b["statuses"]}
+    assert not statuses & UNJUDGED_STATUSES, statuses
     left = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes of the run left behind: {left}"
