@@ -10,6 +10,7 @@ included, so that nothing of the run is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -135,22 +136,20 @@ class Component:
         return None if self.process is None else self.process.poll()
 
     def stop(self, grace_s: float) -> None:
+        """SIGTERM to its whole process group, SIGKILL after `grace_s`; then SIGKILL to whatever
+        of the group is left (children outlive a leader that was killed)."""
         if self.process is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=wait_s)
-                # children of the group may outlive their leader for a moment
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
-            return
+        group = self.process.pid  # a session of its own: the group id is the leader's pid
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5.0)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -329,6 +328,7 @@ class Supervisor:
 
     def restart(self, component: Component) -> None:
         reason = f"exit code {component.exit_code}"
+        component.stop(grace_s=0)  # its children (an engine process, say) may have outlived it
         if component.restarts >= self.recipe.max_restarts:
             raise RuntimeError(
                 f"{component.name} died {component.restarts + 1} times (last: {reason}):\n"

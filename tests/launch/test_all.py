@@ -133,5 +133,8 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
     # while the judge was down nothing was trained with a made-up reward
     statuses = {status for b in batches for status in b["statuses"]}
     assert not statuses & UNJUDGED_STATUSES, statuses
-    left = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout.split()
-    assert left == [], f"processes of the run left behind: {left}"
+    # nothing of the run is left: no process in any component's session, the killed ones included
+    sessions = {c["pid"] for c in components.values()} | set(killed.values())
+    left = subprocess.run(["ps", "-e", "-o", "pid=,sid=,comm="], capture_output=True, text=True).stdout
+    stray = [line for line in left.splitlines() if int(line.split()[1]) in sessions]
+    assert stray == [], f"processes of the run left behind: {stray}"
