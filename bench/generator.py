@@ -1,0 +1,331 @@
+"""Generator benchmark: the service against plain vLLM, and the cost of a weight update.
+
+1. Throughput: the same prompts (same seeds and sampling parameters, log-probabilities on) go
+   through a `python -m generator` process (scripted dispatcher over tcp, the real judge daemon)
+   and through `vllm.LLM.generate` in this process, alternately, in the same run. The service's
+   time runs from handing out the work to the last acknowledged rollout group, judging included.
+2. Weight update: the real learner weight publisher publishes version v+1 of the model the
+   generator serves; the dispatcher pushes the announcement and one work item of version v+1
+   together. Timed: announcement -> the first rollout group of version v+1 at the dispatcher.
+   Against it: one raw zmq send of the same bytes over tcp loopback. For the tiny model and for a
+   ~100M-parameter Qwen2 built locally (learner.tiny_model, larger hidden size and depth).
+
+Last line:
+    generator: throughput_ratio=... weight_update_s=... weight_update_ratio=...
+(throughput_ratio = service tokens/s / plain vLLM tokens/s; the weight figures are the ~100M model's.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+import zmq
+
+from learner.publisher import WeightPublisher
+from learner.tiny_model import write_tiny_model
+from proto.control import Ack, Hello
+from proto.message import Message
+from proto.rollout import RolloutGroup, WorkAborted
+from proto.sockets import Server
+from proto.work import Credit, SamplingParams, WorkBatch, WorkItem
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_MODEL_LEN = 512
+
+
+class Dispatcher:
+    """The smallest dispatcher that serves one generator: credits, work, acks, pushes."""
+
+    def __init__(self) -> None:
+        self.server = Server("tcp://127.0.0.1:*", name="bench-dispatcher")
+        self.address = self.server.address
+        self.queue: deque[WorkItem] = deque()
+        self.groups: dict[str, tuple[float, RolloutGroup]] = {}
+        self.aborted: list[WorkAborted] = []
+        self.credits = 0
+        self.peer: bytes | None = None
+        self.pushes: deque[Message] = deque()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            request = self.server.recv(timeout_ms=1)
+            with self.lock:
+                if request is not None:
+                    message = request.message
+                    if isinstance(message, Hello):
+                        self.peer, self.credits = request.peer, 0
+                    elif isinstance(message, Credit):
+                        self.peer = request.peer
+                        self.credits += message.credits
+                    elif isinstance(message, RolloutGroup):
+                        self.groups.setdefault(message.work_id, (time.perf_counter(), message))
+                    elif isinstance(message, WorkAborted):
+                        self.aborted.append(message)
+                    self.server.reply(request, Ack())
+                if self.peer is None:
+                    continue
+                while self.pushes:
+                    self.server.send(self.peer, self.pushes.popleft())
+                items = []
+                while self.credits > 0 and self.queue:
+                    items.append(self.queue.popleft())
+                    self.credits -= 1
+                if items:
+                    self.server.send(self.peer, WorkBatch(items=items))
+
+    def run(self, items: list[WorkItem], timeout_s: float, *pushes: Message) -> tuple[float, float]:
+        """Hand out `items` (after `pushes`); (start, time the last group arrived)."""
+        with self.lock:
+            start = time.perf_counter()
+            self.pushes.extend(pushes)
+            self.queue.extend(items)
+        deadline = time.monotonic() + timeout_s
+        wanted = {item.id for item in items}
+        while True:
+            with self.lock:
+                if wanted <= self.groups.keys():
+                    return start, max(self.groups[w][0] for w in wanted)
+                if self.aborted:
+                    raise RuntimeError(f"work aborted: {self.aborted[-1]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(wanted - self.groups.keys())} of {len(wanted)} groups missing")
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.server.close()
+
+
+def start_process(command: list[str], ready: str, timeout_s: float) -> tuple[subprocess.Popen, list[str]]:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout_s
+    while not any(ready in line for line in lines):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{command[1:4]} did not start:\n{''.join(lines[-30:])}")
+        time.sleep(0.1)
+    return process, lines
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def start_generator(
+    model: Path, dispatcher: str, judge: str, credits: int
+) -> tuple[subprocess.Popen, list[str]]:
+    command = [
+        sys.executable, "-m", "generator",
+        "--learner", dispatcher, "--judge", judge, "--model", str(model),
+        "--generator-id", "bench", "--credits", str(credits),
+        "--max-model-len", str(MAX_MODEL_LEN), "--log-level", "info",
+    ]  # fmt: skip
+    return start_process(command, '"learner_connected"', 600)
+
+
+def work(tag: str, prompts: int, n: int, max_tokens: int, version: int = 0) -> list[WorkItem]:
+    return [
+        WorkItem(
+            id=f"{tag}-{i}",
+            kind="math",
+            stage=0,
+            policy_version=version,
+            prompt=f"Compute {17 * i % 997} + {31 * i % 991}.",
+            sampling=SamplingParams(n=n, max_tokens=max_tokens, temperature=1.0, seed=i),
+            lease_s=600,
+            answer=str(17 * i % 997 + 31 * i % 991),
+        )
+        for i in range(prompts)
+    ]
+
+
+def completion_tokens(dispatcher: Dispatcher, items: list[WorkItem]) -> int:
+    return sum(len(c.token_ids) for item in items for c in dispatcher.groups[item.id][1].completions)
+
+
+def bench_throughput(model: Path, dispatcher: Dispatcher, args: argparse.Namespace) -> float:
+    from transformers import AutoTokenizer
+    from vllm import LLM, TokensPrompt
+    from vllm import SamplingParams as VllmSampling
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    llm = LLM(
+        model=str(model), dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN,
+        seed=0, logprobs_mode="processed_logprobs", enable_chunked_prefill=False,  # as the generator on CPU
+    )  # fmt: skip
+    service_rates, plain_rates = [], []
+    for round_index in range(args.rounds):
+        items = work(f"t{round_index}", args.prompts, args.n, args.max_tokens)
+        start, end = dispatcher.run(items, 600)
+        tokens = completion_tokens(dispatcher, items)
+        service_rates.append(tokens / (end - start))
+        prompts = []
+        params = []
+        for item in items:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": item.prompt}], tokenize=False, add_generation_prompt=True
+            )
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            s = item.sampling
+            params.append(
+                VllmSampling(
+                    n=s.n, max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed,
+                    logprobs=0, skip_special_tokens=False,
+                )
+            )  # fmt: skip
+        start = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
+        plain_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        plain_rates.append(plain_tokens / elapsed)
+        print(
+            f"   round {round_index}: service {tokens} tokens {service_rates[-1]:8.0f} tok/s | "
+            f"vllm.LLM.generate {plain_tokens} tokens {plain_rates[-1]:8.0f} tok/s"
+        )
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    ratio = max(service_rates) / max(plain_rates)
+    print(
+        f"throughput ({args.prompts} prompts x n={args.n}, <= {args.max_tokens} tokens, "
+        f"best of {args.rounds}): "
+        f"service {max(service_rates):.0f} tok/s, plain vLLM {max(plain_rates):.0f} tok/s, ratio {ratio:.3f}"
+    )
+    return ratio
+
+
+def raw_send_s(total_bytes: int, repeats: int = 3) -> float:
+    """One zmq message with all the bytes, PAIR over tcp loopback, zero-copy send; best of `repeats`."""
+    blob = bytearray(total_bytes)
+    context = zmq.Context()
+    receiver = context.socket(zmq.PAIR)
+    port = receiver.bind_to_random_port("tcp://127.0.0.1")
+    sender = context.socket(zmq.PAIR)
+    sender.connect(f"tcp://127.0.0.1:{port}")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sender.send(blob, copy=False)
+        frame = receiver.recv(copy=False)
+        times.append(time.perf_counter() - start)
+        assert len(frame) == total_bytes
+    sender.close(0)
+    receiver.close(0)
+    context.term()
+    return min(times)
+
+
+def perturbed(tensors: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: t + 0.01 * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+        for name, t in tensors.items()
+    }
+
+
+def bench_weight_update(
+    model: Path, dispatcher: Dispatcher, lines: list[str], updates: int
+) -> tuple[float, float]:
+    """(best seconds from announcement to the first group of the new version, raw send seconds)."""
+    from safetensors.torch import load_file
+
+    base = load_file(str(model / "model.safetensors"))
+    total = sum(t.numel() * t.element_size() for t in base.values())
+    params = sum(t.numel() for t in base.values())
+    raw_s = raw_send_s(total)
+    times = []
+    with WeightPublisher() as publisher:
+        for version in range(1, updates + 1):
+            announce = publisher.publish(version, perturbed(base, version))
+            (item,) = work(f"w{version}-{model.name}", 1, 1, 4, version=version)
+            start, end = dispatcher.run([item], 600, announce)
+            assert dispatcher.groups[item.id][1].policy_version == version
+            times.append(end - start)
+    fetch = [json.loads(x)["seconds"] for x in lines if '"weight_fetch_done"' in x][-updates:]
+    load = [json.loads(x)["seconds"] for x in lines if '"weights_loaded"' in x][-updates:]
+    best = min(times)
+    print(
+        f"weight update, {model.name} ({params / 1e6:.1f}M parameters, {total / 2**20:.1f} MiB): "
+        f"announcement -> first v+1 group {', '.join(f'{t:.3f}' for t in times)} s "
+        f"(fetch {', '.join(f'{t:.3f}' for t in fetch)} s, load {', '.join(f'{t:.3f}' for t in load)} s); "
+        f"one raw zmq send {raw_s:.4f} s; ratio {best / raw_s:.2f}"
+    )
+    return best, raw_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--updates", type=int, default=2, help="weight updates timed per model")
+    parser.add_argument("--big-hidden", type=int, default=768)
+    parser.add_argument("--big-layers", type=int, default=16)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
+        tmp_dir = Path(tmp)
+        tiny = write_tiny_model(tmp_dir / "tiny")
+        big = write_tiny_model(tmp_dir / "big100m", hidden=args.big_hidden, layers=args.big_layers)
+        judge_address = f"ipc://{tmp_dir}/judge.ipc"
+        judge, _ = start_process(
+            [sys.executable, "-m", "judge", "serve", "--bind", judge_address, "--workers", "1"],
+            "judge_serving",
+            120,
+        )
+        try:
+            dispatcher = Dispatcher()
+            generator, lines = start_generator(tiny, dispatcher.address, judge_address, args.prompts)
+            try:
+                ratio = bench_throughput(tiny, dispatcher, args)
+                bench_weight_update(tiny, dispatcher, lines, args.updates)
+            except Exception:
+                print("".join(lines[-300:]), file=sys.stderr)
+                raise
+            finally:
+                stop_process(generator)
+                dispatcher.close()
+            dispatcher = Dispatcher()
+            generator, lines = start_generator(big, dispatcher.address, judge_address, 4)
+            try:
+                update_s, raw_s = bench_weight_update(big, dispatcher, lines, args.updates)
+            except Exception:
+                print("".join(lines[-300:]), file=sys.stderr)
+                raise
+            finally:
+                stop_process(generator)
+                dispatcher.close()
+        finally:
+            stop_process(judge)
+    print(
+        f"generator: throughput_ratio={ratio:.3f} weight_update_s={update_s:.3f} "
+        f"weight_update_ratio={update_s / raw_s:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
