@@ -110,6 +110,18 @@ def prepare_tiny(tiny: TinyPrepare) -> dict[str, str]:
     return {"TINY_MODEL": str(warm), "TINY_TASKS": str(tasks)}
 
 
+def kill_session(session: int) -> None:
+    """SIGKILL every process of a session (the component's leader started it with setsid)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the fields after the command name: state ppid pgrp session ...
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+
+
 @dataclass
 class Component:
     name: str
@@ -148,6 +160,7 @@ class Component:
                 self.process.wait(timeout=grace_s)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
+        kill_session(group)  # worker pools may put their workers in process groups of their own
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5.0)
 
