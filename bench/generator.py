@@ -10,7 +10,7 @@
    Against it: one raw zmq send of the same bytes over tcp loopback. For the tiny model and for a
    ~100M-parameter Qwen2 built locally (learner.tiny_model, larger hidden size and depth).
 
-Last line:
+Run: `python -m bench.generator` (about 5 minutes on 2 cores). Last line:
     generator: throughput_ratio=... weight_update_s=... weight_update_ratio=...
 (throughput_ratio = service tokens/s / plain vLLM tokens/s; the weight figures are the ~100M model's.)
 """
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -54,6 +56,7 @@ class Dispatcher:
         self.credits = 0
         self.peer: bytes | None = None
         self.pushes: deque[Message] = deque()
+        self.sent_at: float | None = None
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -61,7 +64,7 @@ class Dispatcher:
 
     def _serve(self) -> None:
         while not self.stop.is_set():
-            request = self.server.recv(timeout_ms=1)
+            request = self.server.recv(timeout_ms=20)
             with self.lock:
                 if request is not None:
                     message = request.message
@@ -78,18 +81,20 @@ class Dispatcher:
                 if self.peer is None:
                     continue
                 while self.pushes:
+                    self.sent_at = self.sent_at or time.perf_counter()
                     self.server.send(self.peer, self.pushes.popleft())
                 items = []
                 while self.credits > 0 and self.queue:
                     items.append(self.queue.popleft())
                     self.credits -= 1
                 if items:
+                    self.sent_at = self.sent_at or time.perf_counter()
                     self.server.send(self.peer, WorkBatch(items=items))
 
     def run(self, items: list[WorkItem], timeout_s: float, *pushes: Message) -> tuple[float, float]:
-        """Hand out `items` (after `pushes`); (start, time the last group arrived)."""
+        """Hand out `items` (after `pushes`); (time the first was sent, time the last group arrived)."""
         with self.lock:
-            start = time.perf_counter()
+            self.sent_at = None
             self.pushes.extend(pushes)
             self.queue.extend(items)
         deadline = time.monotonic() + timeout_s
@@ -97,12 +102,13 @@ class Dispatcher:
         while True:
             with self.lock:
                 if wanted <= self.groups.keys():
-                    return start, max(self.groups[w][0] for w in wanted)
+                    assert self.sent_at is not None
+                    return self.sent_at, max(self.groups[w][0] for w in wanted)
                 if self.aborted:
                     raise RuntimeError(f"work aborted: {self.aborted[-1]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(wanted - self.groups.keys())} of {len(wanted)} groups missing")
-            time.sleep(0.001)
+            time.sleep(0.01)
 
     def close(self) -> None:
         self.stop.set()
@@ -164,7 +170,32 @@ def completion_tokens(dispatcher: Dispatcher, items: list[WorkItem]) -> int:
     return sum(len(c.token_ids) for item in items for c in dispatcher.groups[item.id][1].completions)
 
 
-def bench_throughput(model: Path, dispatcher: Dispatcher, args: argparse.Namespace) -> float:
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by process `root` and all its descendants."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, frontier = 0.0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += times.get(pid, 0.0)
+        frontier.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def bench_throughput(
+    model: Path, dispatcher: Dispatcher, args: argparse.Namespace, generator: int, judge: int
+) -> float:
     from transformers import AutoTokenizer
     from vllm import LLM, TokensPrompt
     from vllm import SamplingParams as VllmSampling
@@ -177,9 +208,13 @@ def bench_throughput(model: Path, dispatcher: Dispatcher, args: argparse.Namespa
     service_rates, plain_rates = [], []
     for round_index in range(args.rounds):
         items = work(f"t{round_index}", args.prompts, args.n, args.max_tokens)
+        cpu_before = tree_cpu_seconds(generator), tree_cpu_seconds(judge)
         start, end = dispatcher.run(items, 600)
+        cpu_after = tree_cpu_seconds(generator), tree_cpu_seconds(judge)
+        used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
         tokens = completion_tokens(dispatcher, items)
-        service_rates.append(tokens / (end - start))
+        service_wall = end - start
+        service_rates.append(tokens / service_wall)
         prompts = []
         params = []
         for item in items:
@@ -201,8 +236,9 @@ def bench_throughput(model: Path, dispatcher: Dispatcher, args: argparse.Namespa
         plain_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
         plain_rates.append(plain_tokens / elapsed)
         print(
-            f"   round {round_index}: service {tokens} tokens {service_rates[-1]:8.0f} tok/s | "
-            f"vllm.LLM.generate {plain_tokens} tokens {plain_rates[-1]:8.0f} tok/s"
+            f"   round {round_index}: service {tokens} tokens {service_rates[-1]:8.0f} tok/s "
+            f"(wall {service_wall:.2f} s; CPU s: generator {used[0]:.1f}, judge {used[1]:.1f}) | "
+            f"vllm.LLM.generate {plain_tokens} tokens {plain_rates[-1]:8.0f} tok/s (wall {elapsed:.2f} s)"
         )
     llm.llm_engine.engine_core.shutdown()
     del llm
@@ -255,13 +291,15 @@ def bench_weight_update(
     params = sum(t.numel() for t in base.values())
     raw_s = raw_send_s(total)
     times = []
+    dispatcher.run(work(f"warm-{model.name}", 1, 1, 4), 600)  # a serving engine is warm
     with WeightPublisher() as publisher:
         for version in range(1, updates + 1):
             announce = publisher.publish(version, perturbed(base, version))
-            (item,) = work(f"w{version}-{model.name}", 1, 1, 4, version=version)
+            (item,) = work(f"w{version}-{model.name}", 1, 1, 1, version=version)
             start, end = dispatcher.run([item], 600, announce)
             assert dispatcher.groups[item.id][1].policy_version == version
             times.append(end - start)
+            print(f"   v{version}: {timeline(lines, end - start)}")
     fetch = [json.loads(x)["seconds"] for x in lines if '"weight_fetch_done"' in x][-updates:]
     load = [json.loads(x)["seconds"] for x in lines if '"weights_loaded"' in x][-updates:]
     best = min(times)
@@ -272,6 +310,25 @@ def bench_weight_update(
         f"one raw zmq send {raw_s:.4f} s; ratio {best / raw_s:.2f}"
     )
     return best, raw_s
+
+
+def timeline(lines: list[str], total_s: float) -> str:
+    """The generator's own account of the last update: seconds after the announcement arrived."""
+    events = {}
+    parts = ""
+    for line in lines:
+        if line.startswith("{") and '"event"' in line:
+            record = json.loads(line)
+            if record["event"] in ("weights_announced", "weight_fetch_done", "weights_loaded"):
+                events[record["event"]] = datetime.fromisoformat(record["timestamp"])
+            if record["event"] == "weights_loaded":
+                parts = ", ".join(f"{k} {v}" for k, v in record.items() if k.endswith("_s"))
+    if len(events) < 3:
+        return f"total {total_s:.3f} s"
+    zero = events["weights_announced"]
+    fetched = (events["weight_fetch_done"] - zero).total_seconds()
+    loaded = (events["weights_loaded"] - zero).total_seconds()
+    return f"fetched at {fetched:.3f} s, loaded at {loaded:.3f} s ({parts}), group back at {total_s:.3f} s"
 
 
 def main() -> None:
@@ -285,7 +342,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2, help="weight updates timed per model")
     parser.add_argument("--big-hidden", type=int, default=768)
     parser.add_argument("--big-layers", type=int, default=16)
+    parser.add_argument("--skip-throughput", action="store_true", help="weight updates only")
     args = parser.parse_args()
+    ratio = float("nan")
 
     with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
         tmp_dir = Path(tmp)
@@ -301,7 +360,8 @@ def main() -> None:
             dispatcher = Dispatcher()
             generator, lines = start_generator(tiny, dispatcher.address, judge_address, args.prompts)
             try:
-                ratio = bench_throughput(tiny, dispatcher, args)
+                if not args.skip_throughput:
+                    ratio = bench_throughput(tiny, dispatcher, args, generator.pid, judge.pid)
                 bench_weight_update(tiny, dispatcher, lines, args.updates)
             except Exception:
                 print("".join(lines[-300:]), file=sys.stderr)

@@ -221,11 +221,16 @@ class Engine:
         if self._active:
             raise RuntimeError(f"{len(self._active)} requests still running; abort them before a reload")
         started = time.monotonic()
-        load_into(self.llm, weight_set, self.weight_path)
+        parts = load_into(self.llm, weight_set, self.weight_path)
         self.llm.llm_engine.set_weight_version(str(weight_set.version))
         self.version = weight_set.version
         seconds = time.monotonic() - started
-        log.info("weights_loaded", version=weight_set.version, seconds=round(seconds, 3))
+        log.info(
+            "weights_loaded",
+            version=weight_set.version,
+            seconds=round(seconds, 3),
+            **{k: round(v, 3) for k, v in parts.items()},
+        )
         return seconds
 
     def parameter_checksum(self) -> dict[str, float]:

@@ -15,6 +15,7 @@ import contextlib
 import mmap
 import os
 import pickle
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -39,11 +40,17 @@ EXTENSION_CLS = "generator.weight_loader.WeightReloadExtension"
 class WeightReloadExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); runs inside the engine's workers."""
 
-    def acerl_reload_from_file(self, path: str, layout: list[tuple[str, str, list[int], int]]) -> int:
-        """Load the tensors laid out in file `path` in place; returns the number of tensors."""
+    def acerl_reload_from_file(
+        self, path: str, layout: list[tuple[str, str, list[int], int]]
+    ) -> dict[str, float]:
+        """Load the tensors laid out in file `path` in place; returns the seconds of each part."""
+        started = time.perf_counter()
         with open(path, "r+b") as handle:
-            # A private copy-on-write mapping: writable for torch, never written, so never copied.
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            # A private copy-on-write mapping: writable for torch, never written, so never copied;
+            # populated up front, so the copies below do not fault page by page.
+            flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+            mapped = mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mapped_at = time.perf_counter()
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for name, dtype, shape, offset in layout:
@@ -61,10 +68,29 @@ class WeightReloadExtension:
         with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
             tied = _tied_parameters(self.model_runner.get_model())  # type: ignore[attr-defined]
             self.model_runner.reload_weights(weights_iterator=tensors())  # type: ignore[attr-defined]
+            reloaded_at = time.perf_counter()
             _refresh_tied(tied)
         with contextlib.suppress(BufferError):  # a view still alive: the GC unmaps it later
             mapped.close()
-        return len(layout)
+        return {
+            "map_s": mapped_at - started,
+            "reload_s": reloaded_at - mapped_at,
+            "tied_s": time.perf_counter() - reloaded_at,
+        }
+
+    def acerl_remember_ties(self) -> int:
+        """Before a reload that does not go through `acerl_reload_from_file` (the IPC path)."""
+        self._acerl_tied = _tied_parameters(self.model_runner.get_model())  # type: ignore[attr-defined]
+        return len(self._acerl_tied)
+
+    def acerl_restore_ties(self) -> int:
+        from vllm.config import set_current_vllm_config
+
+        tied = getattr(self, "_acerl_tied", [])
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            _refresh_tied(tied)
+        self._acerl_tied: Tied = []
+        return len(tied)
 
     def acerl_parameter_checksum(self) -> dict[str, float]:
         """Sum of every parameter, by name: lets a test see that a reload reached the workers."""
@@ -123,13 +149,14 @@ def engine_kwargs(path: WeightPath) -> dict[str, Any]:
     return kwargs
 
 
-def load_into(llm: Any, weight_set: WeightSet, path: WeightPath) -> None:
-    """Load `weight_set` into the engine of `llm` (a `vllm.LLM`), in place."""
+def load_into(llm: Any, weight_set: WeightSet, path: WeightPath) -> dict[str, float]:
+    """Load `weight_set` into the engine of `llm` (a `vllm.LLM`), in place; seconds by part."""
     if path == "shm":
         layout = [(e.name, e.dtype, list(e.shape), e.offset) for e in weight_set.entries]
-        llm.collective_rpc("acerl_reload_from_file", args=(str(weight_set.path), layout))
-    else:
-        _load_over_ipc(llm, weight_set)
+        return llm.collective_rpc("acerl_reload_from_file", args=(str(weight_set.path), layout))[0]
+    started = time.perf_counter()
+    _load_over_ipc(llm, weight_set)
+    return {"ipc_s": time.perf_counter() - started}
 
 
 class _EngineSyncClient:
@@ -176,5 +203,7 @@ def _load_over_ipc(llm: Any, weight_set: WeightSet) -> None:
     engine = IPCTrainerWeightTransferEngine.trainer_init(
         IPCTrainerInitInfo(rank=0, packed=True), client=_EngineSyncClient(llm), source=_Source()
     )
+    llm.collective_rpc("acerl_remember_ties")
     engine.send_weights()
+    llm.collective_rpc("acerl_restore_ties")
     engine.shutdown()
