@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
-from generator.weight_set import WeightSet, WeightSetWriter, WeightStreamError
+from generator.weight_set import WeightSet, WeightSetWriter, WeightStreamError, remove_orphans
 from proto.control import Error
 from proto.curve import CurveClientKeys
 from proto.sockets import Client, SocketLimits
@@ -138,6 +138,8 @@ class WeightFetcher:
         self._results: dict[int, WeightSet | FetchError] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        for path in remove_orphans():
+            log.warning("orphan_weights_removed", path=str(path))
 
     def want(self, version: int, address: str, announce: WeightAnnounce | None = None) -> None:
         """Fetch `version` unless it (or a newer one) is already wanted or fetched."""

@@ -68,9 +68,30 @@ class WeightSet:
                 self.path.unlink()
 
 
+PREFIX = "acerl-weights-"
+
+
 def _shm_dir() -> str:
     shm = Path("/dev/shm")
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+def file_prefix(version: int, pid: int | None = None) -> str:
+    """Files are named after the process that writes them, so that orphans can be recognised."""
+    return f"{PREFIX}{os.getpid() if pid is None else pid}-v{version}-"
+
+
+def remove_orphans() -> list[Path]:
+    """Delete weight files left by processes that no longer run (a SIGKILL mid-transfer)."""
+    removed = []
+    for path in Path(_shm_dir()).glob(f"{PREFIX}*"):
+        owner = path.name.removeprefix(PREFIX).split("-", 1)[0]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 class WeightSetWriter:
@@ -79,7 +100,7 @@ class WeightSetWriter:
     def __init__(self, version: int, announce: WeightAnnounce | None = None) -> None:
         self.version = version
         self.announce = announce if announce is not None and announce.version == version else None
-        fd, name = tempfile.mkstemp(prefix=f"acerl-weights-v{version}-", dir=_shm_dir())
+        fd, name = tempfile.mkstemp(prefix=file_prefix(version), dir=_shm_dir())
         self.path = Path(name)
         self._file = os.fdopen(fd, "r+b")
         self._capacity = 0

@@ -154,6 +154,10 @@ class Worker:
         self._resend(now)
         self._keep_alive(now)
         self._grant_credits()
+        if self.stop_deadline is not None and now < self.stop_deadline and self._learner_silent(now):
+            # Nobody would take the answers: stop now instead of finishing work for no one.
+            log.warning("stopping_without_learner", silent_s=round(now - self.last_heard, 1))
+            self.stop_deadline = now
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self._hand_back_all("shutting down")
 
@@ -519,8 +523,13 @@ class Worker:
         if any(h.state != "returning" for h in self.held.values()):
             return False
         pending = any(not o.done for o in self.outgoing.values())
+        now = time.monotonic()
         # Past the deadline, wait a little longer for the last acknowledgements only.
-        return not pending or time.monotonic() > self.stop_deadline + 2 * self.cfg.resend_s
+        return not pending or now > self.stop_deadline + 2 * self.cfg.resend_s or self._learner_silent(now)
+
+    def _learner_silent(self, now: float) -> bool:
+        """While stopping: no answer for longer than acknowledgements and heartbeats take."""
+        return now - self.last_heard > 2 * max(self.cfg.resend_s, self.cfg.heartbeat_s)
 
     def _flush_acks(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

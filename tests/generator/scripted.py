@@ -114,6 +114,7 @@ class DispatcherLog:
     accepted: dict[str, RolloutGroup] = field(default_factory=dict)  # first valid answer per id
     late: list[RolloutGroup] = field(default_factory=list)
     mismatched: list[RolloutGroup] = field(default_factory=list)  # version or attempt not the lease's
+    swallowed: list[RolloutGroup] = field(default_factory=list)
     twice: list[str] = field(default_factory=list)  # work ids accepted a second time (must stay empty)
     aborted: list[WorkAborted] = field(default_factory=list)
     heartbeats: list[Heartbeat] = field(default_factory=list)
@@ -139,6 +140,7 @@ class ScriptedDispatcher:
         self.items: dict[str, WorkItem] = {}  # latest attempt of every item ever queued
         self.issuing = True
         self.current_version = 0
+        self.swallow = 0  # rollout groups to drop without an Ack
         self._pushes: deque[tuple[str | None, Message]] = deque()
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -178,6 +180,8 @@ class ScriptedDispatcher:
             return [w for w, lease in self.leases.items() if lease.generator_id == generator_id]
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return  # closed already
         self._stop.set()
         self._thread.join(5)
         self.server.close()
@@ -189,6 +193,10 @@ class ScriptedDispatcher:
             request = self.server.recv(timeout_ms=20)
             with self._lock:
                 if request is not None:
+                    if isinstance(request.message, RolloutGroup) and self.swallow > 0:
+                        self.swallow -= 1  # as if lost on the way: no Ack
+                        self.log.swallowed.append(request.message)
+                        continue
                     self._handle(request.peer, request.message)
                     self.server.reply(request, Ack())
                 self._expire()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import glob
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -10,7 +14,7 @@ import pytest
 import torch
 
 from generator.weight_fetch import FetchError, WeightFetcher, fetch_weights
-from generator.weight_set import WeightSet
+from generator.weight_set import WeightSet, file_prefix, remove_orphans
 from proto.sockets import Server
 from tests.generator.scripted import ScriptedPublisher, tensor_chunks
 
@@ -37,7 +41,8 @@ def as_dict(weight_set: WeightSet) -> dict[str, torch.Tensor]:
 
 
 def leftover_files(version: int) -> list[str]:
-    return glob.glob(f"/dev/shm/acerl-weights-v{version}-*") + glob.glob(f"/tmp/acerl-weights-v{version}-*")
+    prefix = file_prefix(version)  # this process's files only
+    return glob.glob(f"/dev/shm/{prefix}*") + glob.glob(f"{tempfile.gettempdir()}/{prefix}*")
 
 
 def test_chunks_reassemble_to_the_same_tensors(publisher: ScriptedPublisher) -> None:
@@ -158,3 +163,23 @@ def test_fetcher_reports_a_failure_and_tries_again_when_asked(publisher: Scripte
         result.close()
     finally:
         fetcher.close()
+
+
+def test_files_of_dead_processes_are_removed() -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    orphan = f"{shm}/{file_prefix(9, pid)}x"
+    mine = f"{shm}/{file_prefix(9)}x"
+    for path in (orphan, mine):
+        open(path, "wb").close()
+    try:
+        removed = [str(p) for p in remove_orphans()]
+        assert orphan in removed and not os.path.exists(orphan)
+        assert os.path.exists(mine)
+    finally:
+        for path in (orphan, mine):
+            if os.path.exists(path):
+                os.unlink(path)
