@@ -230,15 +230,22 @@ def bench_throughput(
                     logprobs=0, skip_special_tokens=False,
                 )
             )  # fmt: skip
+
+        def own_cpu() -> float:  # this process and its engine, without the generator and judge
+            return tree_cpu_seconds(os.getpid()) - tree_cpu_seconds(generator) - tree_cpu_seconds(judge)
+
+        cpu_before_plain = own_cpu()
         start = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
+        plain_cpu = own_cpu() - cpu_before_plain
         plain_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
         plain_rates.append(plain_tokens / elapsed)
         print(
             f"   round {round_index}: service {tokens} tokens {service_rates[-1]:8.0f} tok/s "
             f"(wall {service_wall:.2f} s; CPU s: generator {used[0]:.1f}, judge {used[1]:.1f}) | "
-            f"vllm.LLM.generate {plain_tokens} tokens {plain_rates[-1]:8.0f} tok/s (wall {elapsed:.2f} s)"
+            f"vllm.LLM.generate {plain_tokens} tokens {plain_rates[-1]:8.0f} tok/s "
+            f"(wall {elapsed:.2f} s; CPU s {plain_cpu:.1f})"
         )
     llm.llm_engine.engine_core.shutdown()
     del llm

@@ -26,9 +26,9 @@ from tests.generator.scripted import ScriptedPublisher, model_tensors, perturbed
 
 pytestmark = pytest.mark.slow
 
-# vLLM's CPU kernels and transformers' eager float32 forward differ by rounding only; measured
-# differences are around 1e-5 nats, this bound leaves room for other CPUs.
-LOGPROB_ATOL = 2e-3
+# vLLM's CPU kernels and transformers' eager float32 forward differ by rounding only: measured at
+# most 7e-7 nats on the tiny model (168 tokens, temperatures 1.0 and 0.7); the bound leaves room.
+LOGPROB_ATOL = 1e-4
 PROMPTS = ["What is 2 + 3?", "Write Python code to print the sum.", "Compute 12 * 7."]
 
 
