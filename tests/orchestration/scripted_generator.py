@@ -3,14 +3,17 @@ with random tokens and a reward pattern of the test's choosing, tagged with the 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
+import time
 from collections.abc import Callable
 
 from proto import (
     Client,
     Completion,
     Credit,
+    Heartbeat,
     Hello,
     RolloutGroup,
     Shutdown,
@@ -61,7 +64,14 @@ class ScriptedGenerator(threading.Thread):
         with Client(self.address, limits=limits, identity=self.generator_id) as client:
             client.request(Hello(sender=self.generator_id, role="generator"))
             client.request(Credit(generator_id=self.generator_id, credits=self.credits))
+            last_beat = time.monotonic()
             while not self.stop_event.is_set():
+                if time.monotonic() - last_beat > 1.0:  # as real generators do: silence means lost
+                    last_beat = time.monotonic()
+                    with contextlib.suppress(TimeoutError):  # the run may be over: read on
+                        client.request(
+                            Heartbeat(sender=self.generator_id, role="generator", time=time.time())
+                        )
                 reply = client.recv(timeout_ms=50)
                 if reply is None:
                     continue
