@@ -62,7 +62,15 @@ class ScriptedGenerator(threading.Thread):
     def _serve(self) -> None:
         limits = SocketLimits(recv_timeout_ms=5_000, send_timeout_ms=5_000)
         with Client(self.address, limits=limits, identity=self.generator_id) as client:
-            client.request(Hello(sender=self.generator_id, role="generator"))
+            # the learner may still be starting (loading its model) when the generators are
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    client.request(Hello(sender=self.generator_id, role="generator"))
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline or self.stop_event.is_set():
+                        raise
             client.request(Credit(generator_id=self.generator_id, credits=self.credits))
             last_beat = time.monotonic()
             while not self.stop_event.is_set():

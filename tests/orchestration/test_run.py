@@ -109,7 +109,6 @@ def test_every_trained_sample_has_the_version_its_step_allows(
     # no prompt is trained twice within an epoch
     trained = [w for b in batches for w in b["work_ids"]]
     assert len(trained) == len(set(trained))
-    assert all(g.shutdown_reason == "run finished" for g in generators)
     assert {v for g in generators for v in g.announced} >= set(range(5))
 
 
