@@ -50,7 +50,8 @@ class GeneratorConfig(BaseModel):
     credits: int = Field(default=16, ge=1, description="work items held at once")
     initial_version: int = Field(default=0, ge=0, description="policy version of the weights in --model")
     weights: str | None = Field(
-        default=None, description="weight publisher address when an announcement names none"
+        default=None,
+        description="weight publisher address as this machine reaches it (default: the announced one)",
     )
     weight_path: Literal["auto", "shm", "ipc"] = Field(
         default="auto", description="shm: worker extension reload (CPU); ipc: vLLM's CUDA IPC engine"

@@ -358,6 +358,8 @@ class Worker:
     # -- weights ------------------------------------------------------------------------------
 
     def _weights_address(self, announce: WeightAnnounce | None) -> str:
+        if self.cfg.weights:  # given by the operator: the publisher as this machine reaches it
+            return self.cfg.weights
         for candidate in (announce, self.announce):
             if candidate is not None and candidate.address:
                 return candidate.address

@@ -73,6 +73,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_address(bound: str) -> str:
+    """How a process on this machine reaches a server bound to `bound` (0.0.0.0 or * -> loopback)."""
+    scheme, _, rest = bound.partition("://")
+    host, _, port = rest.rpartition(":")
+    return f"{scheme}://127.0.0.1:{port}" if host in ("0.0.0.0", "*", "[::]") else bound
+
+
 def substitute(value: Any, names: dict[str, str]) -> Any:
     """Replace ${NAME} in every string of a nested structure."""
     if isinstance(value, str):
@@ -192,10 +199,14 @@ class Supervisor:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         judge_address = f"tcp://127.0.0.1:{free_port()}"
-        dispatch_address = f"tcp://127.0.0.1:{free_port()}"
         learner_cfg = dict(r.learner, run_dir=str(self.run_dir))
-        learner_cfg["dispatch"] = dict(learner_cfg.get("dispatch", {}), address=dispatch_address)
-        learner_cfg["publish"] = dict(learner_cfg.get("publish", {}), address="tcp://127.0.0.1:*")
+        # Addresses the recipe names are kept (to serve other machines); otherwise free local ports.
+        dispatch = dict(learner_cfg.get("dispatch", {}))
+        dispatch.setdefault("address", f"tcp://127.0.0.1:{free_port()}")
+        publish = dict(learner_cfg.get("publish", {}))
+        publish.setdefault("address", "tcp://127.0.0.1:*")
+        learner_cfg["dispatch"], learner_cfg["publish"] = dispatch, publish
+        dispatch_address = local_address(dispatch["address"])
         run_cfg = self._validated("learner", RunConfig, learner_cfg)
         judge_cfg = self._validated("judge", JudgeConfig, r.judge)
         model = str(run_cfg.model.path)

@@ -54,3 +54,10 @@ def test_bad_overrides_name_the_field(tmp_path: Path) -> None:
     recipe = supervisor.load_recipe(ROOT / "launch/recipes/tiny.yaml", ["learner.schedule.max_staleness=-1"])
     with pytest.raises(ValidationError, match=r"schedule\.max_staleness"):
         RunConfig.model_validate(supervisor.substitute(recipe.learner, {}))
+
+
+def test_servers_bound_off_loopback_are_reached_locally_over_loopback() -> None:
+    assert supervisor.local_address("tcp://0.0.0.0:5555") == "tcp://127.0.0.1:5555"
+    assert supervisor.local_address("tcp://*:5555") == "tcp://127.0.0.1:5555"
+    assert supervisor.local_address("tcp://127.0.0.1:7000") == "tcp://127.0.0.1:7000"
+    assert supervisor.local_address("ipc:///tmp/d.ipc") == "ipc:///tmp/d.ipc"
