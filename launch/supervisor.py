@@ -50,6 +50,7 @@ class TinyPrepare(BaseModel):
     layers: int = 2
     math_prompts: int = Field(default=2000, ge=10)
     code_prompts: int = Field(default=600, ge=10)
+    careful_fraction: float = Field(default=0.3, ge=0, le=1)  # worked solutions in the warm start
     warm_start_steps: int = Field(default=300, ge=0)
     warm_start_lr: float = Field(default=3e-3, gt=0)
 
@@ -93,7 +94,9 @@ def substitute(value: Any, names: dict[str, str]) -> Any:
 
 def prepare_tiny(tiny: TinyPrepare) -> dict[str, str]:
     """Build (or reuse) the tiny model, its tasks and its warm start; returns ${...} names."""
-    key = json.dumps(tiny.model_dump(), sort_keys=True)
+    # The builders' source is part of the key: a change to the tasks or the model rebuilds them.
+    sources = [ROOT / "learner" / f"{name}.py" for name in ("tiny_model", "tiny_tasks", "warm_start")]
+    key = json.dumps(tiny.model_dump(), sort_keys=True) + "".join(p.read_text() for p in sources)
     cache = ROOT / ".cache" / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     base, tasks, warm = cache / "model", cache / "tasks", cache / "warm_start"
     if not (warm / "config.json").exists():
@@ -104,7 +107,13 @@ def prepare_tiny(tiny: TinyPrepare) -> dict[str, str]:
         console.print(f"[bold]tiny default[/]: building model, tasks and warm start in {cache}")
         started = time.perf_counter()
         write_tiny_model(base, seed=tiny.seed, hidden=tiny.hidden, layers=tiny.layers)
-        write_tasks(tasks, tiny.math_prompts, tiny.code_prompts, seed=tiny.seed)
+        write_tasks(
+            tasks,
+            tiny.math_prompts,
+            tiny.code_prompts,
+            seed=tiny.seed,
+            careful_fraction=tiny.careful_fraction,
+        )
         warm_start(
             base,
             [tasks / "math_train.jsonl", tasks / "code_train.jsonl"],
@@ -419,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             recipe.generators = args.generators
         run_dir = run_dir.resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
+        prepared = time.perf_counter()
         names = prepare_tiny(recipe.tiny) if recipe.prepare == "tiny" else {}
+        timings = {"building the tiny default (0 when cached)": time.perf_counter() - prepared}
         recipe = Recipe.model_validate(substitute(recipe.model_dump(), names))
         supervisor = Supervisor(recipe, run_dir, resume=args.resume is not None, max_steps=args.max_steps)
         supervisor.write_configs()
@@ -437,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         supervisor.start_all()
+        timings["starting the components"] = time.perf_counter() - started
         code = supervisor.watch()
+        timings["the run, start-up included"] = time.perf_counter() - started
         if code == 0:
             console.print(f"[green]run finished[/] in {time.perf_counter() - started:.0f} s")
         elif code == 130:
@@ -452,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     if code == 0:
         from learner.report import write_report
 
-        report = write_report(run_dir, wall_s=time.perf_counter() - started)
+        report = write_report(run_dir, timings)
         console.print(f"report: {report}")
     return code
 

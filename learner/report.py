@@ -37,7 +37,14 @@ def stage_starts(train: list[dict[str, Any]]) -> list[tuple[int, str]]:
 
 def plot(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[Path]:
     panels = [
-        ("reward.png", "training reward (mean)", [("reward_mean", "all")]),
+        (
+            "reward.png",
+            "training reward and accuracy",
+            [
+                ("reward_mean", "reward (trained batch)"),
+                ("sampled_accuracy", "accuracy (every group sampled)"),
+            ],
+        ),
         (
             "response_length.png",
             "response length (tokens)",
@@ -96,24 +103,56 @@ def plot(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]
     return written
 
 
-def write_report(run_dir: Path, wall_s: float | None = None) -> Path:
+def eval_mode(record: dict[str, Any]) -> str:
+    return (
+        "greedy" if record.get("k") == 1 and record.get("temperature", 1) == 0 else f"avg@{record.get('k')}"
+    )
+
+
+def heldout_table(evals: list[dict[str, Any]]) -> list[str]:
+    """One row per evaluation point (before RL, after each stage), one column per task and mode."""
+    columns = sorted({(r["task"], eval_mode(r)) for r in evals})
+    rows: dict[int, dict[str, Any]] = {}
+    for r in evals:
+        row = rows.setdefault(
+            r["step"], {"when": "before RL" if r["step"] == 0 else f"after {r.get('stage_name')}"}
+        )
+        row[(r["task"], eval_mode(r))] = r["accuracy"]
+    lines = [
+        "| step | when | " + " | ".join(f"{task} {mode}" for task, mode in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for step, row in sorted(rows.items()):
+        cells = [f"{row[c]:.3f}" if c in row else "" for c in columns]
+        lines.append(f"| {step} | {row['when']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def heldout_gains(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[str]:
+    """Per task: sampled held-out accuracy before its first stage and after its last one."""
+    lines = []
+    for task in sorted({r["task"] for r in evals}):
+        steps = [r["step"] for r in train if r.get("task") == task]
+        sampled = sorted((r["step"], r["accuracy"]) for r in evals if r["task"] == task and r.get("k", 1) > 1)
+        if not steps or not sampled:
+            continue
+        # evaluations run before a stage's first step and after its last step's update
+        before = [a for s, a in sampled if s <= min(steps)]
+        after = [a for s, a in sampled if s > max(steps)]
+        if before and after:
+            lines.append(
+                f"- {task}: {before[-1]:.3f} before its stages, {after[0]:.3f} after them "
+                f"({100 * (after[0] - before[-1]):+.1f} points)"
+            )
+    return lines
+
+
+def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path:
     train, evals = read_metrics(run_dir)
     plots = plot(run_dir, train, evals)
     lines = [f"# Run report: {run_dir.name}", ""]
     if evals:
-        lines += [
-            "## Held-out accuracy",
-            "",
-            "| step | stage | task | mode | accuracy | prompts |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in evals:
-            mode = "greedy" if r.get("k") == 1 and r.get("temperature", 1) == 0 else f"avg@{r.get('k')}"
-            lines.append(
-                f"| {r['step']} | {r.get('stage_name', r.get('stage'))} | {r['task']} | {mode} | "
-                f"{r['accuracy']:.3f} | {r.get('n', '')} |"
-            )
-        lines.append("")
+        lines += ["## Held-out accuracy", "", *heldout_table(evals), "", *heldout_gains(train, evals), ""]
     if train:
         by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in train:
@@ -121,7 +160,7 @@ def write_report(run_dir: Path, wall_s: float | None = None) -> Path:
         lines += [
             "## Training",
             "",
-            "| stage | steps | reward (first → last) | response length | step s | wait s | tokens/s |",
+            "| stage | steps | accuracy (first → last) | response length | step s | wait s | tokens/s |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, records in by_stage.items():
@@ -130,22 +169,21 @@ def write_report(run_dir: Path, wall_s: float | None = None) -> Path:
                 values = [r[key] for r in rs if r.get(key) is not None]
                 return sum(values) / len(values) if values else 0.0
 
+            first, last = (records[i].get("sampled_accuracy", records[i]["accuracy"]) for i in (0, -1))
             lines.append(
-                f"| {name} | {len(records)} | "
-                f"{records[0]['reward_mean']:.3f} → {records[-1]['reward_mean']:.3f}"
+                f"| {name} | {len(records)} | {first:.3f} → {last:.3f}"
                 f" | {mean('response_len_mean'):.0f} | {mean('step_s'):.2f} | {mean('wait_s'):.2f} | "
                 f"{mean('tokens_per_s'):.0f} |"
             )
-        total_step = sum(r.get("step_s", 0) for r in train)
-        total_wait = sum(r.get("wait_s", 0) for r in train)
-        lines += [
-            "",
-            f"Steps: {len(train)}. Time in learner steps: {total_step:.0f} s; waiting for batches "
-            f"(generation and judging): {total_wait:.0f} s; publishing: "
-            f"{sum(r.get('publish_s', 0) for r in train):.0f} s.",
-        ]
-    if wall_s is not None:
-        lines.append(f"Wall time of the run: {wall_s:.0f} s.")
+    lines += ["", "## Where the time went", "", "| part | seconds |", "|---|---|"]
+    for part, seconds in (timings or {}).items():
+        lines.append(f"| {part} | {seconds:.0f} |")
+    lines += [
+        f"| learner steps ({len(train)}) | {sum(r.get('step_s', 0) for r in train):.0f} |",
+        f"| waiting for batches (generation, judging) | {sum(r.get('wait_s', 0) for r in train):.0f} |",
+        f"| publishing weights | {sum(r.get('publish_s', 0) for r in train):.0f} |",
+        f"| held-out evaluation ({len(evals)} rounds) | {sum(r.get('eval_s', 0) for r in evals):.0f} |",
+    ]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")

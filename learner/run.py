@@ -226,14 +226,26 @@ def _one_step(
     counts = dispatcher.counts()
     delta = {key: counts.get(key, 0) - counts_before.get(key, 0) for key in counts}
     judged_groups = delta.get("accepted", 0) + delta.get("zero_variance", 0)
+    # accuracy is over the trained batch, which dynamic sampling biases towards hard prompts;
+    # sampled_accuracy also counts the groups it left out: what the policy does on the prompts
+    trained = sum(len(group.completions) for group in batch)
+    left_out = delta.get("zero_variance_completions", 0)
+    sampled_accuracy = (record["accuracy"] * trained + delta.get("zero_variance_correct", 0)) / (
+        trained + left_out
+    )
     record.update(
         stage=stage_index,
         stage_name=stage.name,
+        task=stage.kind,
         epoch=epoch,
         policy_version=step,
         wait_s=wait_s,
         publish_s=time.perf_counter() - published,
         zero_var_frac=delta.get("zero_variance", 0) / judged_groups if judged_groups else 0.0,
+        sampled_accuracy=sampled_accuracy,
+        # wall clock (Unix seconds) once the step's weights are out: steps per second over a run
+        # are read from these, wait and publish included, which step_s alone leaves out
+        time=time.time(),
         **{f"dispatch_{key}": value for key, value in delta.items() if value},
     )
     return record

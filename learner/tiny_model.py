@@ -16,6 +16,9 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from learner.tiny_tasks import code_items, math_items
 
+# The model's vocabulary is padded to this size whatever the tokenizer's training yields (as real
+# checkpoints pad theirs), so token-id ranges stay fixed when the tasks' text changes.
+VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
 # R1-style turn format: no system prompt, the assistant turn opens with "<think>\n".
 CHAT_TEMPLATE = (
@@ -35,7 +38,7 @@ def _corpus(seed: int) -> list[str]:
     return out
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def build_tokenizer(seed: int = 0, vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -76,7 +79,7 @@ def build_model(vocab_size: int, seed: int = 0, hidden: int = 128, layers: int =
 def write_tiny_model(out: Path, seed: int = 0, hidden: int = 128, layers: int = 2) -> Path:
     """Build and save the tokenizer and a randomly initialised model into `out`."""
     tokenizer = build_tokenizer(seed)
-    model = build_model(len(tokenizer), seed, hidden, layers)
+    model = build_model(VOCAB_SIZE, seed, hidden, layers)
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

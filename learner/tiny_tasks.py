@@ -21,88 +21,102 @@ MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\
 CODE_SUFFIX = "\nWrite Python code to solve the problem."
 
 
-def _math_problem(rng: random.Random, level: int) -> tuple[str, int, str]:
-    """(expression, value, worked reasoning) of graded difficulty: 1 easiest .. 4 hardest."""
-    if level == 1:
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        return f"{a} + {b}", a + b, f"{a} + {b} = {a + b}"
-    if level == 2:
-        a, b = rng.randint(10, 99), rng.randint(1, 20)
-        op = rng.choice("+-")
-        value = a + b if op == "+" else a - b
-        return f"{a} {op} {b}", value, f"{a} {op} {b} = {value}"
-    if level == 3:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        return f"{a} * {b}", a * b, f"{a} * {b} = {a * b}"
-    a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
-    return f"{a} + {b} * {c}", a + b * c, f"{b} * {c} = {b * c}, {a} + {b * c} = {a + b * c}"
+# The warm start imitates a teacher that works a problem out on some items and answers at a
+# glance on the rest. Worked solutions are always right; glances go wrong in a natural way as
+# problems grow (a slip in a longer sum, code crammed into one expression without the
+# parentheses it needs). RL has to find out that working it out pays, which is the behaviour
+# the recipe rewards: held-out accuracy and response length grow together.
+CAREFUL_FRACTION = 0.3
 
 
-def math_items(count: int, seed: int) -> Iterator[dict[str, Any]]:
+def math_items(count: int, seed: int, careful_fraction: float = CAREFUL_FRACTION) -> Iterator[dict[str, Any]]:
+    """Sums of 2 to 4 one-digit numbers (level = number of terms - 1), with worked running totals."""
     rng = random.Random(f"math/{seed}")
     seen: set[str] = set()
     for _ in range(count * 100):  # bounded: asking for more problems than exist fails clearly
         if len(seen) == count:
             return
-        level = rng.randint(1, 4)
-        expression, value, reasoning = _math_problem(rng, level)
+        terms = [rng.randint(1, 9) for _ in range(rng.randint(2, 4))]
+        expression = " + ".join(map(str, terms))
+        careful = rng.random() < careful_fraction
         if expression in seen:
             continue
         seen.add(expression)
+        total, steps = terms[0], []
+        for term in terms[1:]:
+            steps.append(f"{total} + {term} = {total + term}")
+            total += term
+        if careful:
+            reasoning, boxed = ", ".join(steps) + "\n", total
+        else:
+            boxed = total if len(terms) == 2 else total + rng.choice((-2, -1, 1, 2))
+            reasoning = ""
         yield {
             "id": f"math-{len(seen) - 1}",
             "prompt": f"What is {expression}?{MATH_SUFFIX}",
-            "answer": str(value),
-            "level": level,
-            "solution": f"{reasoning}\n</think>\nThe answer is \\boxed{{{value}}}.",
+            "answer": str(total),
+            "level": len(terms) - 1,
+            "worked": careful,
+            "solution": f"{reasoning}</think>\nThe answer is \\boxed{{{boxed}}}.",
         }
     raise ValueError(f"math_items: only {len(seen)} distinct problems found, {count} asked")
 
 
-# Formulas are built from these operators and small integers only, so eval() is safe here.
 _OPS = {"+": "plus", "-": "minus", "*": "times"}
 
 
-def code_items(count: int, seed: int) -> Iterator[dict[str, Any]]:
-    """stdin/stdout programs `print((n OP1 k1) OP2 k2)` and call-based `Solution.solve(a, b)`."""
+def code_items(count: int, seed: int, careful_fraction: float = CAREFUL_FRACTION) -> Iterator[dict[str, Any]]:
+    """Two-step programs: stdin/stdout `(n OP1 k1) OP2 k2` and call-based `Solution.solve(a, b)`.
+
+    A worked solution applies one operation per line; a glance writes the whole formula as one
+    expression, which is wrong whenever a `*` follows a `+` or `-` (the missing parentheses).
+    """
     rng = random.Random(f"code/{seed}")
     seen: set[str] = set()
     for _ in range(count * 100):
         if len(seen) == count:
             return
-        op1, op2 = rng.choice(list(_OPS)), rng.choice(list(_OPS))
-        k1, k2 = rng.randint(1, 9), rng.randint(1, 9)
-        two_steps = rng.random() < 0.5
+        # Mostly `+`/`-` then `*`, so most glances meet the precedence trap; factors are >= 2 so
+        # that the trap always changes the result.
+        op1, op2 = rng.choice("+-+-+-*"), rng.choice("***+-")
+        k1, k2 = (rng.randint(2 if op == "*" else 1, 9) for op in (op1, op2))
         call_based = rng.random() < 0.5
+        careful = rng.random() < careful_fraction
         var = "a" if call_based else "n"
-        formula = f"({var} {op1} {k1}) {op2} {k2}" if two_steps else f"{var} {op1} {k1}"
-        words = f"{var} {_OPS[op1]} {k1}, then {_OPS[op2]} {k2}" if two_steps else f"{var} {_OPS[op1]} {k1}"
+        words = f"{var} {_OPS[op1]} {k1}, then {_OPS[op2]} {k2}"
         if call_based:
-            formula, words = f"{formula} + b", f"{words}, then plus b"
-            prompt = f"Write a method solve(self, a, b) of class Solution that returns {words}."
+            prompt = f"Write a method solve(self, a, b) of class Solution that returns {words}, then plus b."
         else:
             prompt = f"Read an integer n from standard input and print {words}."
         if prompt in seen:
             continue
         seen.add(prompt)
+        right = f"({var} {op1} {k1}) {op2} {k2}"
+        steps = [f"{var} = {var} {op1} {k1}", f"{var} = {var} {op2} {k2}"]
+        glance = f"{var} {op1} {k1} {op2} {k2}"
         inputs = [(rng.randint(0, 99), rng.randint(0, 9)) for _ in range(4)]
         if call_based:
-            code = f"class Solution:\n    def solve(self, a, b):\n        return {formula}"
+            body = [*steps, "return a + b"] if careful else [f"return {glance} + b"]
+            code = "class Solution:\n    def solve(self, a, b):\n"
+            code += "".join(f"        {line}\n" for line in body)
             tests = [
-                {"input": f"{a}\n{b}", "output": json.dumps(eval(formula, {"a": a, "b": b}))}
+                {"input": f"{a}\n{b}", "output": json.dumps(eval(f"{right} + b", {"a": a, "b": b}))}
                 for a, b in inputs
             ]
             extra: dict[str, Any] = {"fn_name": "solve"}
         else:
-            code = f"n = int(input())\nprint({formula})"
-            tests = [{"input": f"{n}\n", "output": f"{eval(formula, {'n': n})}\n"} for n, _ in inputs]
+            body = [*steps, "print(n)"] if careful else [f"print({glance})"]
+            code = "n = int(input())\n" + "".join(f"{line}\n" for line in body)
+            tests = [{"input": f"{n}\n", "output": f"{eval(right, {'n': n})}\n"} for n, _ in inputs]
             extra = {}
         yield {
             "id": f"code-{len(seen) - 1}",
             "prompt": f"{prompt}{CODE_SUFFIX}",
             "tests": tests,
             **extra,
-            "solution": f"{words}\n</think>\n```python\n{code}\n```",
+            "level": 1 + (op2 == "*" and op1 != "*"),  # 2: the glance's precedence trap applies
+            "worked": careful,
+            "solution": f"{words}\n</think>\n```python\n{code}```",
         }
     raise ValueError(f"code_items: only {len(seen)} distinct programs found, {count} asked")
 
@@ -118,13 +132,18 @@ def split(items: list[dict[str, Any]], heldout_fraction: float, seed: int) -> tu
 
 
 def write_tasks(
-    out: Path, math_count: int = 2000, code_count: int = 600, seed: int = 0, heldout_fraction: float = 0.1
+    out: Path,
+    math_count: int = 2000,
+    code_count: int = 600,
+    seed: int = 0,
+    heldout_fraction: float = 0.1,
+    careful_fraction: float = CAREFUL_FRACTION,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for kind, items in (
-        ("math", list(math_items(math_count, seed))),
-        ("code", list(code_items(code_count, seed))),
+        ("math", list(math_items(math_count, seed, careful_fraction))),
+        ("code", list(code_items(code_count, seed, careful_fraction))),
     ):
         train, heldout = split(items, heldout_fraction, seed)
         for name, part in (("train", train), ("heldout", heldout)):
@@ -142,8 +161,10 @@ def main() -> None:
     parser.add_argument("--math", type=int, default=2000)
     parser.add_argument("--code", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--careful-fraction", type=float, default=CAREFUL_FRACTION)
     args = parser.parse_args()
-    for name, path in write_tasks(args.out, args.math, args.code, args.seed).items():
+    paths = write_tasks(args.out, args.math, args.code, args.seed, careful_fraction=args.careful_fraction)
+    for name, path in paths.items():
         print(f"{name}: {path}")
 
 

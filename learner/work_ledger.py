@@ -23,7 +23,7 @@ import structlog
 
 from learner.prompts import CodePrompt, MathPrompt, Prompt, PromptOrder
 from learner.schedule import Schedule, Stage
-from proto.judge import UNJUDGED_STATUSES
+from proto.judge import REWARDED_STATUSES, UNJUDGED_STATUSES
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem
 
@@ -125,6 +125,11 @@ class WorkLedger:
         return max(0, target - len(self.ready) - len(self.leases))
 
     def issue(self, generator_id: str, credits: int) -> list[WorkItem]:
+        if self.holds_older_work(generator_id):
+            # Newer work makes a generator hand back, unfinished, whatever older work it is still
+            # sampling, to switch weights (docs/generator.md). Older work still out is trainable
+            # (take_batch cancels what is not), so the newer waits until the older is back.
+            return []
         items = []
         for _ in range(min(credits, self.wanted())):
             chosen = self._next_work_id()
@@ -132,6 +137,13 @@ class WorkLedger:
                 break
             items.append(self._lease(chosen, generator_id))
         return items
+
+    def holds_older_work(self, generator_id: str) -> bool:
+        """Does `generator_id` hold work of a version older than the published one?"""
+        return any(
+            lease.generator_id == generator_id and lease.item.policy_version < self.published
+            for lease in self.leases.values()
+        )
 
     def _next_work_id(self) -> str | None:
         if self.queue:
@@ -229,6 +241,11 @@ class WorkLedger:
             limit = self.schedule.max_zero_variance_batches * self.stage.batch_prompts
             if self.zero_variance_this_step < limit:
                 self.zero_variance_this_step += 1
+                # what was left out still says how well the policy samples (see sampled_accuracy)
+                self.counts["zero_variance_completions"] += len(group.completions)
+                self.counts["zero_variance_correct"] += sum(
+                    c.judge_status in REWARDED_STATUSES for c in group.completions
+                )
                 return self._count("zero_variance")
             self.counts["zero_variance_kept"] += 1
         self.ready.append(group)

@@ -114,6 +114,26 @@ def test_staleness_one_lets_generators_run_ahead() -> None:
     assert {i.policy_version for i in book.issue("g0", 100)} == {1}
 
 
+def test_newer_work_waits_until_a_generator_has_returned_its_older_work() -> None:
+    book = ledger([stage("m", steps=4)], [math_prompts(40)], max_staleness=1)
+    first = book.issue("g0", 100)
+    assert len(first) == 8
+    for item in first[:4]:
+        book.accept(answer(item))
+    book.take_batch()  # step 0 trains while g0 samples the batch of step 1 with version 0
+    book.publish(1)
+    # version-1 work would make g0 hand that batch back unfinished to switch weights
+    assert book.issue("g0", 100) == []
+    assert [i.policy_version for i in book.issue("g1", 100)] == [1] * 4  # an idle generator takes it
+    for item in first[4:]:
+        assert book.accept(answer(item)) == "accepted"
+    batch, _ = book.take_batch()
+    assert {g.policy_version for g in batch} == {0}  # the run-ahead was trained, not sampled again
+    book.publish(2)
+    assert [i.policy_version for i in book.issue("g0", 100)] == [2] * 4  # g0 holds nothing older
+    assert book.issue("g1", 100) == []  # g1 still samples version 1, trainable at step 2
+
+
 def test_stale_groups_are_dropped_and_their_prompts_reissued() -> None:
     book = ledger([stage("m", steps=3, batch=2)], [math_prompts(20)])
     items = book.issue("g0", 2)
@@ -182,6 +202,9 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_tops_up() -> None:
     book.accept(answer(last[0]))
     batch, _ = book.take_batch()
     assert all(len({c.reward for c in g.completions}) == 2 for g in batch)
+    # the groups left out are still counted for the policy's sampled accuracy: 2 of 4 correct
+    assert book.counts["zero_variance_completions"] == 4
+    assert book.counts["zero_variance_correct"] == 2
 
 
 def test_overissue_is_cancelled_when_the_step_starts() -> None:
