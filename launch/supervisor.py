@@ -389,10 +389,16 @@ def progress_line(metrics: Path) -> str:
     if not train:
         return "waiting for the first step"
     r = {key: (0.0 if value is None else value) for key, value in train[-1].items()}  # null: not measured
+    heldout = {}
+    for line in lines:
+        if '"kind": "eval"' in line and '"k": 1,' not in line:  # the sampled (avg@k) evaluations
+            record = json.loads(line)
+            heldout[record["task"]] = record["accuracy"]
     return (
         f"step {r['step']:>4}  stage {r.get('stage_name', r.get('stage'))}  reward {r['reward_mean']:.3f}  "
-        f"acc {r['accuracy']:.3f}  len {r['response_len_mean']:.0f}  entropy {r.get('entropy', 0):.3f}  "
-        f"step {r.get('step_s', 0):.1f}s wait {r.get('wait_s', 0):.1f}s"
+        f"acc {r.get('sampled_accuracy', r['accuracy']):.3f}  len {r['response_len_mean']:.0f}  "
+        f"entropy {r.get('entropy', 0):.3f}  step {r.get('step_s', 0):.1f}s wait {r.get('wait_s', 0):.1f}s  "
+        + "  ".join(f"held-out {task} {accuracy:.3f}" for task, accuracy in sorted(heldout.items()))
     )
 
 

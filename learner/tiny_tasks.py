@@ -76,10 +76,12 @@ def code_items(count: int, seed: int, careful_fraction: float = CAREFUL_FRACTION
     for _ in range(count * 100):
         if len(seen) == count:
             return
-        # Mostly `+`/`-` then `*`, so most glances meet the precedence trap; factors are >= 2 so
-        # that the trap always changes the result.
-        op1, op2 = rng.choice("+-+-+-*"), rng.choice("***+-")
-        k1, k2 = (rng.randint(2 if op == "*" else 1, 9) for op in (op1, op2))
+        # Mostly `+`/`-` then `*`, so most glances meet the precedence trap (factors are >= 2, so
+        # the trap always changes the result); the rest start with `*` and have no trap.
+        op1 = rng.choice("+-+-*")
+        op2 = "*" if op1 in "+-" else rng.choice("+-")
+        k1 = rng.randint(1, 19) if op1 in "+-" else rng.randint(2, 9)
+        k2 = rng.randint(2, 9) if op2 == "*" else rng.randint(1, 19)
         call_based = rng.random() < 0.5
         careful = rng.random() < careful_fraction
         var = "a" if call_based else "n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -61,3 +62,29 @@ def test_servers_bound_off_loopback_are_reached_locally_over_loopback() -> None:
     assert supervisor.local_address("tcp://*:5555") == "tcp://127.0.0.1:5555"
     assert supervisor.local_address("tcp://127.0.0.1:7000") == "tcp://127.0.0.1:7000"
     assert supervisor.local_address("ipc:///tmp/d.ipc") == "ipc:///tmp/d.ipc"
+
+
+def test_progress_line_shows_the_last_step_and_the_latest_held_out_accuracy(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    assert supervisor.progress_line(metrics) == "waiting for the first step"
+    records = [
+        {"kind": "eval", "step": 0, "task": "math", "k": 4, "accuracy": 0.25},
+        {"kind": "eval", "step": 0, "task": "math", "k": 1, "accuracy": 0.5},  # greedy: not shown
+        {
+            "kind": "train",
+            "step": 0,
+            "stage_name": "math-44",
+            "reward_mean": 0.3,
+            "accuracy": 0.2,
+            "sampled_accuracy": 0.35,
+            "response_len_mean": 20.0,
+            "entropy": None,
+            "step_s": 1.0,
+            "wait_s": 2.0,
+        },
+        {"kind": "eval", "step": 1, "task": "math", "k": 4, "accuracy": 0.75},
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    line = supervisor.progress_line(metrics)
+    assert line.startswith("step    0  stage math-44  reward 0.300  acc 0.350  len 20  entropy 0.000")
+    assert line.endswith("held-out math 0.750")
