@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,13 @@ def test_every_trained_sample_has_the_version_its_step_allows(
     tiny_model_dir: Path, tmp_path: Path, staleness: int
 ) -> None:
     cfg = config(tiny_model_dir, tmp_path, f"tcp://127.0.0.1:{free_port()}", max_staleness=staleness)
+    started = time.time()
     summary, generators = run_with_generators(cfg)
     assert summary["done"] and summary["steps"] == 5
     records = train_records(cfg.run_dir)
+    # each step's wall-clock stamp (throughput over a run is read from these) is in order, in the run
+    stamps = [r["time"] for r in records]
+    assert started < stamps[0] and stamps == sorted(stamps) and stamps[-1] < time.time()
     batches = read_batches(cfg.run_dir)
     assert [r["step"] for r in records] == [b["step"] for b in batches] == list(range(5))
     for record, batch in zip(records, batches, strict=True):
