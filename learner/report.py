@@ -182,7 +182,7 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
         f"| learner steps ({len(train)}) | {sum(r.get('step_s', 0) for r in train):.0f} |",
         f"| waiting for batches (generation, judging) | {sum(r.get('wait_s', 0) for r in train):.0f} |",
         f"| publishing weights | {sum(r.get('publish_s', 0) for r in train):.0f} |",
-        f"| held-out evaluation ({len(evals)} rounds) | {sum(r.get('eval_s', 0) for r in evals):.0f} |",
+        f"| held-out evaluation ({len(evals)} evaluations) | {sum(r.get('eval_s', 0) for r in evals):.0f} |",
     ]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     report = run_dir / "report.md"

@@ -57,6 +57,6 @@ def test_report_tables_gains_and_plots(tmp_path: Path) -> None:
     assert "- code: 0.610 before its stages, 0.800 after them (+19.0 points)" in report
     assert "| math-b | 2 | 0.200 → 0.300 |" in report
     assert "| building the tiny default | 12 |" in report
-    assert "| held-out evaluation (8 rounds) | 12 |" in report
+    assert "| held-out evaluation (8 evaluations) | 12 |" in report
     for name in ("reward", "response_length", "entropy", "heldout_accuracy"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
