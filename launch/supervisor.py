@@ -303,13 +303,17 @@ class Supervisor:
     def wait_ready(self, component: Component, check: Any) -> None:
         deadline = time.monotonic() + self.recipe.ready_timeout_s
         while time.monotonic() < deadline and not self.stopping:
-            if component.exit_code is not None:
+            # One that came up and died since (a generator, while the others still start) did not
+            # fail to start: the watch loop restarts it like any other. Its exit is read before
+            # the check: one that dies between the two is checked again, not failed.
+            exited = component.exit_code is not None
+            if check():
+                return
+            if exited:
                 raise RuntimeError(
                     f"{component.name} exited with code {component.exit_code} while starting:\n"
                     f"{component.log_tail()}"
                 )
-            if check():
-                return
             time.sleep(0.5)
         if not self.stopping:
             raise TimeoutError(

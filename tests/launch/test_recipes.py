@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +10,9 @@ from pydantic import ValidationError
 
 from judge.config import JudgeConfig
 from learner.run import RunConfig
+from tests.launch.supervised import ROOT, load_supervisor
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("supervisor", ROOT / "launch/supervisor.py")
-supervisor = importlib.util.module_from_spec(spec)
-sys.modules["supervisor"] = supervisor  # dataclasses look their module up there
-spec.loader.exec_module(supervisor)
+supervisor = load_supervisor()
 
 
 @pytest.mark.parametrize("name", ["tiny", "acereason-7b", "acereason-14b"])
