@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def perturbed(tensors: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Te
 
 
 def bench_weight_update(
-    model: Path, dispatcher: Dispatcher, lines: list[str], updates: int
+    model: Path, dispatcher: Dispatcher, generator: subprocess.Popen, lines: list[str], updates: int
 ) -> tuple[float, float]:
     """(best seconds from announcement to the first group of the new version, raw send seconds)."""
     from safetensors.torch import load_file
@@ -298,44 +299,89 @@ def bench_weight_update(
     params = sum(t.numel() for t in base.values())
     raw_s = raw_send_s(total)
     times = []
+    phases = []
     dispatcher.run(work(f"warm-{model.name}", 1, 1, 4), 600)  # a serving engine is warm
     with WeightPublisher() as publisher:
         for version in range(1, updates + 1):
             announce = publisher.publish(version, perturbed(base, version))
             (item,) = work(f"w{version}-{model.name}", 1, 1, 1, version=version)
+            cpu_before = cpu_split(generator.pid)
             start, end = dispatcher.run([item], 600, announce)
-            assert dispatcher.groups[item.id][1].policy_version == version
+            cpu = [after - before for before, after in zip(cpu_before, cpu_split(generator.pid), strict=True)]
+            group = dispatcher.groups[item.id][1]
+            assert group.policy_version == version
             times.append(end - start)
-            print(f"   v{version}: {timeline(lines, end - start)}")
-    fetch = [json.loads(x)["seconds"] for x in lines if '"weight_fetch_done"' in x][-updates:]
-    load = [json.loads(x)["seconds"] for x in lines if '"weights_loaded"' in x][-updates:]
+            phases.append(timeline(lines, end - start, group.timings))
+            print(
+                f"   v{version}: {phases[-1].describe()}; "
+                f"CPU s: generator and its engine {cpu[0]:.2f}, publisher and dispatcher {cpu[1]:.2f}"
+            )
     best = min(times)
     print(
         f"weight update, {model.name} ({params / 1e6:.1f}M parameters, {total / 2**20:.1f} MiB): "
         f"announcement -> first v+1 group {', '.join(f'{t:.3f}' for t in times)} s "
-        f"(fetch {', '.join(f'{t:.3f}' for t in fetch)} s, load {', '.join(f'{t:.3f}' for t in load)} s); "
+        f"(last chunk in at {', '.join(f'{p.fetched:.3f}' for p in phases)} s; "
+        f"loaded at {', '.join(f'{p.loaded:.3f}' for p in phases)} s; "
+        f"first group {', '.join(f'{p.total - p.loaded:.3f}' for p in phases)} s after that); "
         f"one raw zmq send {raw_s:.4f} s; ratio {best / raw_s:.2f}"
     )
     return best, raw_s
 
 
-def timeline(lines: list[str], total_s: float) -> str:
-    """The generator's own account of the last update: seconds after the announcement arrived."""
+def cpu_split(generator: int) -> tuple[float, float]:
+    """CPU seconds so far: the generator with its engine; this process (publisher, dispatcher)."""
+    theirs = tree_cpu_seconds(generator)
+    return theirs, tree_cpu_seconds(os.getpid()) - theirs
+
+
+@dataclass
+class Phases:
+    """One update as the generator logged it, in seconds after the announcement arrived."""
+
+    total: float  # the group back at the dispatcher (the measured interval)
+    fetched: float = float("nan")  # the last chunk in
+    loaded: float = float("nan")  # the version whole in the engine
+    first_step: float = float("nan")  # the first tensors loaded while the rest still arrived
+    early_mib: float = 0.0  # loaded before the last chunk was in
+    generate: float = float("nan")  # the first sample, from the group's own timings
+    judge: float = float("nan")
+
+    def describe(self) -> str:
+        steps = (
+            f"loading from {self.first_step:.3f} s ({self.early_mib:.0f} MiB before the last chunk), "
+            if self.early_mib
+            else ""
+        )
+        return (
+            f"{steps}last chunk in at {self.fetched:.3f} s, loaded at {self.loaded:.3f} s, "
+            f"sampled in {self.generate:.3f} s, judged in {self.judge:.3f} s, "
+            f"group back at {self.total:.3f} s"
+        )
+
+
+def timeline(lines: list[str], total_s: float, timings: dict[str, float]) -> Phases:
+    """The generator's own account of the last update."""
     events = {}
-    parts = ""
+    loaded: dict = {}
     for line in lines:
         if line.startswith("{") and '"event"' in line:
             record = json.loads(line)
             if record["event"] in ("weights_announced", "weight_fetch_done", "weights_loaded"):
                 events[record["event"]] = datetime.fromisoformat(record["timestamp"])
             if record["event"] == "weights_loaded":
-                parts = ", ".join(f"{k} {v}" for k, v in record.items() if k.endswith("_s"))
+                loaded = record
+    phases = Phases(
+        total_s, generate=timings.get("generate", float("nan")), judge=timings.get("judge", float("nan"))
+    )
     if len(events) < 3:
-        return f"total {total_s:.3f} s"
+        return phases
     zero = events["weights_announced"]
-    fetched = (events["weight_fetch_done"] - zero).total_seconds()
-    loaded = (events["weights_loaded"] - zero).total_seconds()
-    return f"fetched at {fetched:.3f} s, loaded at {loaded:.3f} s ({parts}), group back at {total_s:.3f} s"
+    phases.fetched = (events["weight_fetch_done"] - zero).total_seconds()
+    phases.loaded = (events["weights_loaded"] - zero).total_seconds()
+    if "since_first_step_s" in loaded:
+        phases.first_step = phases.loaded - loaded["since_first_step_s"]
+        phases.early_mib = loaded["early_bytes"] / 2**20
+    return phases
 
 
 def main() -> None:
@@ -369,7 +415,7 @@ def main() -> None:
             try:
                 if not args.skip_throughput:
                     ratio = bench_throughput(tiny, dispatcher, args, generator.pid, judge.pid)
-                bench_weight_update(tiny, dispatcher, lines, args.updates)
+                bench_weight_update(tiny, dispatcher, generator, lines, args.updates)
             except Exception:
                 print("".join(lines[-300:]), file=sys.stderr)
                 raise
@@ -379,7 +425,7 @@ def main() -> None:
             dispatcher = Dispatcher()
             generator, lines = start_generator(big, dispatcher.address, judge_address, 4)
             try:
-                update_s, raw_s = bench_weight_update(big, dispatcher, lines, args.updates)
+                update_s, raw_s = bench_weight_update(big, dispatcher, generator, lines, args.updates)
             except Exception:
                 print("".join(lines[-300:]), file=sys.stderr)
                 raise

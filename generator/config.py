@@ -62,6 +62,11 @@ class GeneratorConfig(BaseModel):
     judge_timeout_s: float = Field(default=120.0, gt=0, description="per judge attempt")
     judge_retries: int = Field(default=2, ge=0)
     weight_timeout_s: float = Field(default=600.0, gt=0, description="whole fetch of one version")
+    weight_load_step_mb: float = Field(
+        default=8.0,
+        ge=0,
+        description="load a version still arriving in steps of at least this many MiB (0: only once whole)",
+    )
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="time to finish held work on SIGTERM")
     learner_key: Path | None = Field(default=None, description="learner's CURVE public key file")
     judge_key: Path | None = Field(default=None, description="judge's CURVE public key file")

@@ -4,6 +4,11 @@
 the same loop `LLM.generate` runs, so that work can be cancelled, aborted on a version change,
 and interleaved with network I/O. Every sample carries the weight-version labels vLLM recorded
 while it was sampled, so a sample that straddled a weight update can never pass as current.
+
+A new version can be loaded in steps while it still arrives (`load_arrived`, then
+`load_weights`). From the first step until the last the model is part old, part new: the engine
+refuses to take or run requests meanwhile, and after an abandoned reload (`abandon_load`) until
+a complete version has been loaded.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import structlog
 from transformers import AutoTokenizer
 
 from generator.config import EngineConfig
-from generator.weight_loader import WeightPath, engine_kwargs, load_into
-from generator.weight_set import WeightSet
+from generator.weight_loader import WeightPath, engine_kwargs, load_into, load_step
+from generator.weight_set import Arrivals, TensorEntry, WeightSet
 from proto.work import SamplingParams as WorkSampling
 
 log = structlog.get_logger("generator.engine")
@@ -39,6 +44,17 @@ class Sample:
     finish_reason: Literal["stop", "length"]
     text: str  # decoded with special tokens (a reasoning model's </think> is one)
     versions: frozenset[str]  # weight-version labels vLLM saw while sampling these tokens
+
+
+@dataclass
+class _Reload:
+    """A version being loaded in steps from the file its transfer is still writing."""
+
+    arrivals: Arrivals
+    started: float
+    loaded: set[str]
+    loaded_bytes: int = 0
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,9 +98,11 @@ class Engine:
         self.llm = LLM(**kwargs)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
-        self.version = version
+        self.version = version  # the last version loaded completely
+        self.whole = True  # False after an abandoned reload, until a complete one
         self.llm.llm_engine.set_weight_version(str(version))
         self._active: dict[str, np.ndarray] = {}  # request id -> prompt token ids
+        self._reload: _Reload | None = None
         self._ids = itertools.count()
         log.info("engine_started", model=str(model), seconds=round(time.monotonic() - started, 1))
 
@@ -139,6 +157,7 @@ class Engine:
         from vllm.renderers.inputs.preprocess import parse_model_prompt
         from vllm.sampling_params import RequestOutputKind
 
+        self._check_runnable()
         params.output_kind = RequestOutputKind.FINAL_ONLY  # the n samples come back together
         request_id = f"r{next(self._ids)}"
         prompt = parse_model_prompt(
@@ -165,6 +184,7 @@ class Engine:
         """One engine step; the requests that finished in it."""
         if not self._active:
             return []
+        self._check_runnable()
         finished = []
         for output in self.llm.llm_engine.step():
             if not output.finished or output.request_id not in self._active:
@@ -216,19 +236,94 @@ class Engine:
 
     # -- weights --------------------------------------------------------------------------
 
-    def load_weights(self, weight_set: WeightSet) -> float:
-        """Load a version in place (nothing may be running); returns the seconds it took."""
+    @property
+    def partial_loads(self) -> bool:
+        """Whether versions can be loaded in steps while they arrive (the "shm" path)."""
+        return self.weight_path == "shm"
+
+    @property
+    def loading(self) -> int | None:
+        """The version a reload in progress loads, if one is."""
+        return None if self._reload is None else self._reload.arrivals.version
+
+    def _check_runnable(self) -> None:
+        if self._reload is not None:
+            raise RuntimeError(f"weights of v{self._reload.arrivals.version} are half loaded")
+        if not self.whole:
+            raise RuntimeError("an abandoned reload left the weights incomplete; load a version first")
+
+    def load_arrived(self, arrivals: Arrivals, entries: Sequence[TensorEntry]) -> None:
+        """Load the arrived `entries` of a version still arriving; starts its reload if needed."""
         if self._active:
             raise RuntimeError(f"{len(self._active)} requests still running; abort them before a reload")
+        if self._reload is not None and self._reload.arrivals is not arrivals:
+            self.abandon_load()  # another version, or another attempt at this one
+        reload = self._reload
+        todo = [e for e in entries if reload is None or e.name not in reload.loaded]
+        if not todo:
+            return
+        with arrivals.pinned() as readable:
+            if not readable:
+                return  # the transfer failed: the caller learns it from the fetcher
+            begin = reload is None
+            if reload is None:
+                reload = self._reload = _Reload(arrivals, time.monotonic(), set())
+                # A label no group claims: should anything be sampled now, it would be refused.
+                self.llm.llm_engine.set_weight_version(f"{arrivals.version}-loading")
+            load_step(self.llm, arrivals.path, todo, begin=begin, end=False)
+        reload.loaded.update(e.name for e in todo)
+        reload.loaded_bytes += sum(e.nbytes for e in todo)
+        reload.steps += 1
+
+    def abandon_load(self) -> None:
+        """Stop a reload in progress; the engine takes no requests until a version loads whole."""
+        reload, self._reload = self._reload, None
+        if reload is None:
+            return
+        self.whole = False
+        self.llm.llm_engine.set_weight_version(f"{reload.arrivals.version}-abandoned")
+        load_step(self.llm, None, [], begin=False, end=True)
+        log.warning("weights_load_abandoned", version=reload.arrivals.version, loaded=len(reload.loaded))
+
+    def load_weights(self, weight_set: WeightSet) -> float:
+        """Load a version in place (nothing may be running); returns the seconds it took.
+
+        If its first tensors were already loaded from the same transfer (`load_arrived`), only
+        the rest is loaded now.
+        """
+        if self._active:
+            raise RuntimeError(f"{len(self._active)} requests still running; abort them before a reload")
+        reload = self._reload
+        if reload is not None and (
+            reload.arrivals.path != weight_set.path
+            or reload.arrivals.version != weight_set.version
+            or reload.arrivals.failed
+        ):
+            self.abandon_load()
+            reload = None
         started = time.monotonic()
-        parts = load_into(self.llm, weight_set, self.weight_path)
+        if reload is None:
+            parts = load_into(self.llm, weight_set, self.weight_path)
+        else:
+            rest = [e for e in weight_set.entries if e.name not in reload.loaded]
+            parts = load_step(self.llm, weight_set.path, rest, begin=False, end=True)
+            self._reload = None
         self.llm.llm_engine.set_weight_version(str(weight_set.version))
         self.version = weight_set.version
+        self.whole = True
         seconds = time.monotonic() - started
+        early = {}
+        if reload is not None:
+            early = {
+                "early_steps": reload.steps,
+                "early_bytes": reload.loaded_bytes,
+                "since_first_step_s": round(time.monotonic() - reload.started, 3),
+            }
         log.info(
             "weights_loaded",
             version=weight_set.version,
             seconds=round(seconds, 3),
+            **early,
             **{k: round(v, 3) for k, v in parts.items()},
         )
         return seconds

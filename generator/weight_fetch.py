@@ -2,7 +2,9 @@
 
 `fetch_weights` runs one transfer into a shared-memory WeightSet. `WeightFetcher` runs transfers
 in a background thread with its own socket, so that a version announced while the engine is
-still sampling is downloaded meanwhile; only the newest wanted version is kept.
+still sampling is downloaded meanwhile; only the newest wanted version is kept. While a version
+arrives, `WeightFetcher.arriving` shows which of its tensors are complete, so that loading can
+start before the last chunk is in.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from collections.abc import Callable
 
 import structlog
 
-from generator.weight_set import WeightSet, WeightSetWriter, WeightStreamError, remove_orphans
+from generator.weight_set import (
+    Arrivals,
+    WeightFiles,
+    WeightSet,
+    WeightSetWriter,
+    WeightStreamError,
+    remove_orphans,
+)
 from proto.control import Error
 from proto.curve import CurveClientKeys
 from proto.sockets import Client, SocketLimits
@@ -46,14 +55,20 @@ def fetch_weights(
     chunk_timeout_s: float = 60.0,
     announce: WeightAnnounce | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    files: WeightFiles | None = None,
+    on_start: Callable[[Arrivals], None] = lambda arrivals: None,
 ) -> WeightSet:
-    """Download `version` from the publisher at `address`. Raises FetchError."""
+    """Download `version` from the publisher at `address`. Raises FetchError.
+
+    `files` lends the file to write into; `on_start` sees each attempt's arrivals as it begins.
+    """
     deadline = time.monotonic() + timeout_s
     limits = SocketLimits(recv_timeout_ms=1_000, send_timeout_ms=1_000, max_frame_bytes=MAX_CHUNK_FRAME_BYTES)
     backoff = 0.05
     with Client(address, curve=curve, limits=limits) as client:
         while True:
-            writer = WeightSetWriter(version, announce)
+            writer = WeightSetWriter(version, announce, files)
+            on_start(writer.arrivals)
             try:
                 try:
                     request_id = client.send(WeightRequest(version=version, generator_id=generator_id))
@@ -136,6 +151,8 @@ class WeightFetcher:
         self._lock = threading.Lock()
         self._wanted: tuple[int, str, WeightAnnounce | None] | None = None
         self._results: dict[int, WeightSet | FetchError] = {}
+        self._arrivals: dict[int, Arrivals] = {}  # the current attempt of each version in transfer
+        self._files = WeightFiles(keep=1)
         self._thread: threading.Thread | None = None
         self._closed = False
         for path in remove_orphans():
@@ -149,14 +166,23 @@ class WeightFetcher:
             self._wanted = (version, address, announce)
             for old in [v for v in self._results if v < version]:
                 self._drop(old)
+            for old in [v for v in self._arrivals if v < version]:
+                del self._arrivals[old]
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="weight-fetch", daemon=True)
                 self._thread.start()
+
+    def arriving(self, version: int) -> Arrivals | None:
+        """The tensors of `version` complete so far, while its transfer runs (None: not running)."""
+        with self._lock:
+            return self._arrivals.get(version)
 
     def take(self, version: int) -> WeightSet | FetchError | None:
         """The result for `version` once its transfer ended (the caller then owns it), else None."""
         with self._lock:
             result = self._results.pop(version, None)
+            if result is not None:
+                self._arrivals.pop(version, None)
             if isinstance(result, FetchError) and self._wanted is not None and self._wanted[0] == version:
                 self._wanted = None  # a later want() of the same version tries again
             return result
@@ -185,6 +211,8 @@ class WeightFetcher:
                     chunk_timeout_s=self.chunk_timeout_s,
                     announce=announce,
                     cancelled=lambda v=version: self._superseded(v),
+                    files=self._files,
+                    on_start=lambda arrivals: self._started(arrivals),
                 )
             except FetchError as exc:
                 result = exc
@@ -199,11 +227,20 @@ class WeightFetcher:
                 seconds=round(time.monotonic() - started, 3),
             )
             with self._lock:
+                arrivals = self._arrivals.get(version)
                 if self._closed or (self._wanted is not None and self._wanted[0] > version):
                     if isinstance(result, WeightSet):
                         result.close()  # superseded while it downloaded
+                    self._arrivals.pop(version, None)
                 else:
                     self._results[version] = result
+            if arrivals is not None:
+                arrivals.end(failed=not isinstance(result, WeightSet))  # wakes a waiting loader
+
+    def _started(self, arrivals: Arrivals) -> None:
+        with self._lock:
+            if not self._closed:
+                self._arrivals[arrivals.version] = arrivals
 
     def _superseded(self, version: int) -> bool:
         with self._lock:
@@ -217,3 +254,4 @@ class WeightFetcher:
         thread = self._thread
         if thread is not None:
             thread.join(timeout=5)
+        self._files.close()

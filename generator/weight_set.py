@@ -3,16 +3,22 @@
 The fetcher writes each chunk's bytes straight into a memory-mapped file (in /dev/shm when the
 machine has it), so the engine's worker processes can map the same pages and load from them:
 the weights cross from the generator to the engine without being pickled or copied again.
+`Arrivals` tells a loader which tensors are complete while the rest still arrive, and
+`WeightFiles` keeps the file of a loaded version for the next one: writing into pages that are
+already there is several times faster than faulting in fresh ones (measured: 0.04 s against
+0.31 s for 362 MiB on a virtual machine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +42,13 @@ class TensorEntry:
 
 @dataclass
 class WeightSet:
-    """A complete version in a file; `entries` say where each tensor lies. Close to delete the file."""
+    """A complete version in a file; `entries` say where each tensor lies. Close to release the file."""
 
     version: int
     path: Path
     entries: list[TensorEntry]
     total_bytes: int
+    release: Callable[[], None] | None = field(default=None, repr=False)  # default: delete the file
     _closed: bool = field(default=False, repr=False)
 
     def tensors(self) -> Iterator[tuple[str, object]]:
@@ -62,8 +69,12 @@ class WeightSet:
             yield entry.name, flat.view(entry.shape)
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        if self.release is not None:
+            self.release()
+        else:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
@@ -94,35 +105,193 @@ def remove_orphans() -> list[Path]:
     return removed
 
 
-class WeightSetWriter:
-    """Takes a version's chunks in `seq` order and checks the stream as it goes."""
+class WeightFile:
+    """A shared-memory file mapped for writing; it grows as a version's tensors need room."""
 
-    def __init__(self, version: int, announce: WeightAnnounce | None = None) -> None:
-        self.version = version
-        self.announce = announce if announce is not None and announce.version == version else None
+    _serial = itertools.count()
+
+    def __init__(self, version: int) -> None:
         fd, name = tempfile.mkstemp(prefix=file_prefix(version), dir=_shm_dir())
         self.path = Path(name)
         self._file = os.fdopen(fd, "r+b")
-        self._capacity = 0
         self._map: mmap.mmap | None = None
+        self.capacity = 0
+
+    def grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        capacity = max(needed, 2 * self.capacity)
+        self._file.truncate(capacity)
+        if self._map is None:
+            self._map = mmap.mmap(self._file.fileno(), capacity)
+        else:
+            self._map.resize(capacity)
+        self.capacity = capacity
+
+    def write(self, offset: int, data: memoryview) -> None:
+        assert self._map is not None
+        self._map[offset : offset + data.nbytes] = data
+
+    def rename(self, version: int) -> None:
+        """Name the file after the version it receives next."""
+        path = Path(_shm_dir()) / f"{file_prefix(version)}kept{next(self._serial)}"
+        self.path.rename(path)
+        self.path = path
+
+    def close(self) -> None:
+        """Unmap and delete."""
+        if self._map is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._map.close()
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class WeightFiles:
+    """Weight files kept, mapped, after their version was loaded, to be overwritten by the next.
+
+    At most `keep` idle files stay (each as large as the weights: the memory a transfer needs
+    anyway). Their pages and this process's mapping of them are reused, so writing the next
+    version faults nothing in. A kept file is renamed after the version it receives.
+    """
+
+    def __init__(self, keep: int = 1) -> None:
+        self.keep = keep
+        self._idle: list[WeightFile] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def open(self, version: int) -> WeightFile:
+        with self._lock:
+            kept = self._idle.pop() if self._idle else None
+        if kept is not None:
+            try:
+                kept.rename(version)
+                return kept
+            except OSError:
+                kept.close()
+        return WeightFile(version)
+
+    def release(self, file: WeightFile) -> None:
+        """Keep `file` for a later version, or delete it if enough are kept."""
+        with self._lock:
+            if not self._closed and len(self._idle) < self.keep:
+                self._idle.append(file)
+                return
+        file.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for file in idle:
+            file.close()
+
+
+class Arrivals:
+    """The tensors of a version complete so far, while its stream is still being written.
+
+    The writer adds each tensor as its last byte lands; a loader in another thread waits for
+    more and reads them from `path` meanwhile. A loader pins the file while it reads: a
+    transfer that fails meanwhile deletes the file only once nobody reads it.
+    """
+
+    def __init__(self, version: int, path: Path) -> None:
+        self.version = version
+        self.path = path
+        self._entries: list[TensorEntry] = []
+        self._bytes: list[int] = [0]  # bytes complete after the first k entries
+        self._ended = False
+        self._failed = False
+        self._pins = 0
+        self._on_unpinned: Callable[[], None] | None = None
+        self._cond = threading.Condition()
+
+    def add(self, entry: TensorEntry) -> None:
+        with self._cond:
+            self._entries.append(entry)
+            self._bytes.append(self._bytes[-1] + entry.nbytes)
+            self._cond.notify_all()
+
+    def end(self, failed: bool = False) -> None:
+        """No more tensors will come (`failed`: the ones that came belong to a broken transfer)."""
+        with self._cond:
+            self._ended = True
+            self._failed = self._failed or failed
+            self._cond.notify_all()
+
+    @property
+    def ended(self) -> bool:
+        with self._cond:
+            return self._ended
+
+    @property
+    def failed(self) -> bool:
+        with self._cond:
+            return self._failed
+
+    def wait(self, seen: int, min_bytes: int, timeout_s: float) -> list[TensorEntry]:
+        """The entries after the first `seen` once they hold `min_bytes` or the stream ended.
+
+        Waits up to `timeout_s` for that; returns [] if it did not happen meanwhile.
+        """
+
+        def ready() -> bool:
+            return self._ended or self._bytes[-1] - self._bytes[min(seen, len(self._entries))] >= min_bytes
+
+        with self._cond:
+            if not self._cond.wait_for(ready, timeout_s) or self._failed:
+                return []
+            return self._entries[seen:]
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[bool]:
+        """Hold the file while reading it; yields False if the transfer already failed."""
+        with self._cond:
+            if self._failed:
+                yield False
+                return
+            self._pins += 1
+        try:
+            yield True
+        finally:
+            callback = None
+            with self._cond:
+                self._pins -= 1
+                if self._pins == 0:
+                    callback, self._on_unpinned = self._on_unpinned, None
+            if callback is not None:
+                callback()
+
+    def when_unpinned(self, callback: Callable[[], None]) -> None:
+        """Run `callback` now, or when the last reader lets go of the file."""
+        with self._cond:
+            if self._pins:
+                self._on_unpinned = callback
+                return
+        callback()
+
+
+class WeightSetWriter:
+    """Takes a version's chunks in `seq` order and checks the stream as it goes."""
+
+    def __init__(
+        self, version: int, announce: WeightAnnounce | None = None, files: WeightFiles | None = None
+    ) -> None:
+        self.version = version
+        self.announce = announce if announce is not None and announce.version == version else None
+        self.files = files
+        self._out = files.open(version) if files is not None else WeightFile(version)
+        self.path = self._out.path
+        self.arrivals = Arrivals(version, self.path)
         self._entries: dict[str, TensorEntry] = {}
         self._filled: dict[str, int] = {}
         self._end = 0
         self._next_seq = 0
         self.bytes_received = 0
         hint = self.announce.total_bytes + ALIGN * self.announce.num_tensors if self.announce else 0
-        self._grow(max(hint, 1 << 20))
-
-    def _grow(self, needed: int) -> None:
-        if needed <= self._capacity:
-            return
-        capacity = max(needed, 2 * self._capacity)
-        self._file.truncate(capacity)
-        if self._map is None:
-            self._map = mmap.mmap(self._file.fileno(), capacity)
-        else:
-            self._map.resize(capacity)
-        self._capacity = capacity
+        self._out.grow(max(hint, 1 << 20))
 
     def write(self, chunk: WeightChunk) -> None:
         if chunk.version != self.version:
@@ -138,7 +307,7 @@ class WeightSetWriter:
             nbytes = math.prod(shape) * DTYPE_BYTES[chunk.dtype]
             start = -(-self._end // ALIGN) * ALIGN
             entry = TensorEntry(chunk.name, chunk.dtype, shape, start, nbytes)
-            self._grow(start + nbytes)
+            self._out.grow(start + nbytes)
             self._entries[chunk.name] = entry
             self._filled[chunk.name] = 0
             self._end = start + nbytes
@@ -153,10 +322,11 @@ class WeightSetWriter:
         data = memoryview(chunk.data).cast("B")
         if filled + data.nbytes > entry.nbytes:
             raise WeightStreamError(f"{chunk.name}: bytes overrun the tensor's {entry.nbytes}")
-        assert self._map is not None
-        self._map[entry.offset + filled : entry.offset + filled + data.nbytes] = data
+        self._out.write(entry.offset + filled, data)
         self._filled[chunk.name] = filled + data.nbytes
         self.bytes_received += data.nbytes
+        if self._filled[chunk.name] == entry.nbytes:
+            self.arrivals.add(entry)
 
     def finish(self) -> WeightSet:
         missing = [name for name, entry in self._entries.items() if self._filled[name] != entry.nbytes]
@@ -176,16 +346,11 @@ class WeightSetWriter:
             )
         if not self._entries:
             raise WeightStreamError("the stream held no tensors")
-        assert self._map is not None
-        self._map.close()
-        self._file.truncate(max(self._end, 1))
-        self._file.close()
-        return WeightSet(self.version, self.path, list(self._entries.values()), self._end)
+        out, files = self._out, self.files
+        release = out.close if files is None else lambda: files.release(out)
+        return WeightSet(self.version, self.path, list(self._entries.values()), self._end, release)
 
     def discard(self) -> None:
-        if self._map is not None:
-            with contextlib.suppress(BufferError, ValueError):
-                self._map.close()
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Drop a broken or abandoned transfer; its file goes once no loader reads it."""
+        self.arrivals.end(failed=True)
+        self.arrivals.when_unpinned(self._out.close)

@@ -27,7 +27,7 @@ from generator.config import GeneratorConfig
 from generator.engine import Engine, Finished, PromptError, Sample
 from generator.rollout import judge_request, rollout_group
 from generator.weight_fetch import FetchError, WeightFetcher
-from generator.weight_set import WeightSet
+from generator.weight_set import Arrivals, WeightSet
 from judge.client import JudgeClient
 from proto.control import Ack, Error, Heartbeat, Hello, Shutdown
 from proto.curve import CurveClientKeys
@@ -104,6 +104,8 @@ class Worker:
         self.by_judge_id: dict[str, tuple[str, int, int]] = {}  # judge id -> (work id, index, attempt)
         self.outgoing: dict[bytes, Outgoing] = {}  # wire request id -> message awaiting its Ack
         self.announce: WeightAnnounce | None = None
+        self.arriving: Arrivals | None = None  # the version being loaded while it arrives
+        self.arrived_seen: tuple[Arrivals | None, int] = (None, 0)  # its tensors loaded so far
         self.outstanding_credits = 0
         self.session_open = False
         now = time.monotonic()
@@ -142,7 +144,8 @@ class Worker:
         if self._signal is not None:
             self.begin_stop(f"{self._signal} received", self.cfg.shutdown_grace_s)
             self._signal = None
-        idle = not self.engine.busy
+        # While weights are loaded as they arrive, the loop waits on their arrival instead.
+        idle = not self.engine.busy and self.arriving is None
         self._pump_dispatcher(IDLE_WAIT_MS if idle else 0)
         self._pump_judge()
         if self._switch_weights():
@@ -366,11 +369,21 @@ class Worker:
         return self.cfg.weights or self.cfg.learner
 
     def _switch_weights(self) -> bool:
-        """Make the engine hold the version queued work needs; False while it is not there yet."""
-        if not self.queue:
+        """Make the engine hold the version queued work needs; False while it is not there yet.
+
+        While that version still arrives, its complete tensors are loaded in steps (the engine
+        is idle then: older work was aborted). From the first step to the last no request is
+        started: this returns False until the whole version is in.
+        """
+        self.arriving = None
+        loading = self.engine.loading
+        targets = [self.held[w].item.policy_version for w in self.queue]
+        if loading is not None:
+            targets.append(loading)  # a reload once begun is finished, even if its work left
+        if not targets:
             return True
-        target = max(self.held[w].item.policy_version for w in self.queue)
-        if target <= self.engine.version:
+        target = max(targets)
+        if target <= self.engine.version and self.engine.whole and loading is None:
             return True
         stale = [
             w
@@ -379,17 +392,39 @@ class Worker:
         ]
         if stale:
             self._abort(stale, f"stale version: v{target} is required now")
+        if loading is not None and loading != target:
+            self.engine.abandon_load()
         announce = self.announce if self.announce is not None and self.announce.version == target else None
         self.fetcher.want(target, self._weights_address(announce), announce)
         result = self.fetcher.take(target)
         if result is None:
+            self._load_arrived(target)
             return False
         if isinstance(result, FetchError):
+            if self.engine.loading is not None:
+                self.engine.abandon_load()
             log.error("weights_unavailable", version=target, error=str(result))
             self._abort([w for w in self.queue if self.held[w].item.policy_version == target], str(result))
             return True
         self._load(result)
         return True
+
+    def _load_arrived(self, version: int) -> None:
+        """Load what has arrived of `version` so far, once there is enough to be worth a step."""
+        # A step costs a round trip to the engine's workers; what arrives during the last step
+        # is what is left to load once the last chunk is in.
+        step_bytes = int(self.cfg.weight_load_step_mb * (1 << 20))
+        if step_bytes <= 0 or not self.engine.partial_loads or self.engine.busy:
+            return
+        arrivals = self.fetcher.arriving(version)
+        if arrivals is None or arrivals.ended:
+            return  # not started, or between attempts: the dispatcher wait paces the loop
+        seen = self.arrived_seen[1] if self.arrived_seen[0] is arrivals else 0
+        self.arriving = arrivals  # the next turn waits on it rather than on the dispatcher
+        entries = arrivals.wait(seen, step_bytes, IDLE_WAIT_MS / 1000)
+        if entries and not arrivals.ended:  # once ended, the rest goes with the final step
+            self.engine.load_arrived(arrivals, entries)
+            self.arrived_seen = (arrivals, seen + len(entries))
 
     def _load(self, weight_set: WeightSet) -> None:
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from proto.control import Ack, Heartbeat, Hello
+from proto.judge import JudgeRequest, Verdict
 from proto.message import Message
 from proto.rollout import RolloutGroup, WorkAborted
 from proto.sockets import Server
@@ -55,6 +56,16 @@ def tensor_chunks(version: int, tensors: dict[str, torch.Tensor], chunk_bytes: i
     return chunks
 
 
+@dataclass
+class Hold:
+    """Stop a stream after `after` chunks until `release` is set; then go on, or fail (`fail`)."""
+
+    after: int
+    fail: bool = False
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
 class ScriptedPublisher:
     """Answers WeightRequest with the chunks of a published version (or a scripted error)."""
 
@@ -64,6 +75,7 @@ class ScriptedPublisher:
         self.versions: dict[int, list[WeightChunk]] = {}
         self.errors: deque[tuple[str, str]] = deque()  # answered to the next requests, in order
         self.requests: list[WeightRequest] = []
+        self.holds: dict[int, Hold] = {}  # version -> where its next stream stops and waits
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -92,13 +104,52 @@ class ScriptedPublisher:
             elif message.version not in self.versions:
                 self.server.reply_error(request, "not_found", f"version {message.version} not held")
             else:
-                for chunk in self.versions[message.version]:
+                chunks = self.versions[message.version]
+                hold = self.holds.pop(message.version, None)
+                for chunk in chunks[: None if hold is None else hold.after]:
                     self.server.reply(request, chunk)
+                if hold is not None:
+                    hold.reached.set()
+                    hold.release.wait(60)
+                    if hold.fail:
+                        self.server.reply_error(request, "internal", "weight transfer failed: scripted")
+                    else:
+                        for chunk in chunks[hold.after :]:
+                            self.server.reply(request, chunk)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self.server.close()
+
+
+class ScriptedJudge:
+    """Answers each JudgeRequest with `verdict(request, times_seen)`."""
+
+    def __init__(self, verdict: Callable[[JudgeRequest, int], Verdict]) -> None:
+        self.server = Server("tcp://127.0.0.1:*", name="test-judge")
+        self.address = self.server.address
+        self.seen: Counter[str] = Counter()
+        self.verdict = verdict
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            request = self.server.recv(timeout_ms=20)
+            if request is not None and isinstance(request.message, JudgeRequest):
+                self.seen[request.message.id] += 1
+                self.server.reply(request, self.verdict(request.message, self.seen[request.message.id]))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.server.close()
+
+
+def correct(request: JudgeRequest, times: int) -> Verdict:
+    return Verdict(id=request.id, reward=1, status="correct")
 
 
 @dataclass

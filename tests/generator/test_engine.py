@@ -1,13 +1,15 @@
 """The real vLLM engine on the tiny model: logprobs, truncation, chat template, in-place weight update.
 
 Two engines start in this module (about 20 s each): one on version 0 that is then updated in place
-to version 1 through the real chunked transfer, and a fresh one started on the version-1 files.
+to version 1 through the real chunked transfer, whole and in steps, and a fresh one started on the
+version-1 files. The last test drives the generator's loop around the first engine.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +18,25 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-from generator.config import EngineConfig
+from generator.config import EngineConfig, GeneratorConfig
 from generator.engine import Engine, PromptError
 from generator.rollout import rollout_group
 from generator.weight_fetch import fetch_weights
+from generator.weight_set import WeightSet, WeightSetWriter
+from generator.worker import Worker
 from proto.judge import Verdict
 from proto.work import SamplingParams
-from tests.generator.scripted import ScriptedPublisher, model_tensors, perturbed, tensor_chunks
+from tests.generator.scripted import (
+    Hold,
+    ScriptedDispatcher,
+    ScriptedJudge,
+    ScriptedPublisher,
+    correct,
+    math_item,
+    model_tensors,
+    perturbed,
+    tensor_chunks,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +44,8 @@ pytestmark = pytest.mark.slow
 # most 7e-7 nats on the tiny model (168 tokens, temperatures 1.0 and 0.7); the bound leaves room.
 LOGPROB_ATOL = 1e-4
 PROMPTS = ["What is 2 + 3?", "Write Python code to print the sum.", "Compute 12 * 7."]
+Probe = list[tuple[list[int], np.ndarray, frozenset[str]]]  # tokens, logprobs, version labels
+Expected = tuple[Probe, dict[str, float]]  # and the parameter sums
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +156,7 @@ def test_chat_template_renders_the_r1_turn(engine: Engine) -> None:
     assert engine.render_prompt(None, given, True).tolist() == [1, 5, 9]  # token ids are taken as sent
 
 
-def _probe(engine: Engine) -> list[tuple[list[int], np.ndarray, frozenset[str]]]:
+def _probe(engine: Engine) -> Probe:
     """Greedy and seeded completions of every prompt: tokens, logprobs, version labels."""
     requests = []
     for text in PROMPTS:
@@ -167,8 +183,30 @@ def v1_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+@pytest.fixture(scope="module")
+def v1_expected(v1_model_dir: Path) -> Expected:
+    """What a fresh engine started on the version-1 files samples, and its parameter sums."""
+    fresh = Engine(v1_model_dir, EngineConfig(max_model_len=512), version=1)
+    try:
+        return _probe(fresh), fresh.parameter_checksum()
+    finally:
+        fresh.close()
+
+
+def _assert_matches(engine: Engine, expected: Expected) -> None:
+    probe, sums = expected
+    got = _probe(engine)
+    assert [t for t, _, _ in got] == [t for t, _, _ in probe]
+    worst = max(float(np.max(np.abs(a - b))) for (_, a, _), (_, b, _) in zip(got, probe, strict=True))
+    assert worst < 1e-4, f"logprobs differ by {worst:.2e}"
+    got_sums = engine.parameter_checksum()
+    assert got_sums.keys() == sums.keys()
+    for name, value in sums.items():
+        assert got_sums[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+
+
 def test_weight_update_matches_a_fresh_engine_on_the_new_weights(
-    engine: Engine, tiny_model_dir: Path, v1_model_dir: Path
+    engine: Engine, v1_model_dir: Path, v1_expected: Expected
 ) -> None:
     before = _probe(engine)
     assert all(labels == {"0"} for _, _, labels in before)
@@ -186,17 +224,122 @@ def test_weight_update_matches_a_fresh_engine_on_the_new_weights(
     updated = _probe(engine)
     assert all(labels == {"1"} for _, _, labels in updated)
     assert [t for t, _, _ in updated] != [t for t, _, _ in before], "the update changed nothing"
-    updated_sums = engine.parameter_checksum()
+    _assert_matches(engine, v1_expected)
 
-    fresh = Engine(v1_model_dir, EngineConfig(max_model_len=512), version=1)
+
+def _one_request(engine: Engine) -> tuple[np.ndarray, object]:
+    prompt = engine.render_prompt(PROMPTS[0], None, True)
+    return prompt, engine.sampling_params(SamplingParams(n=1, max_tokens=4), len(prompt))
+
+
+def test_a_version_loaded_in_steps_matches_a_fresh_engine(
+    engine: Engine, tiny_model_dir: Path, v1_model_dir: Path, v1_expected: Expected
+) -> None:
+    """Tensors loaded while the rest still arrives; a reload abandoned half way is never sampled."""
+    held = engine.version
+    other = WeightSetWriter(held + 1)
+    chunks = tensor_chunks(held + 1, perturbed(model_tensors(tiny_model_dir), seed=2), chunk_bytes=16 * 1024)
+    for chunk in chunks[: len(chunks) // 2]:
+        other.write(chunk)
+    engine.load_arrived(other.arrivals, other.arrivals.wait(0, 1, 0))
+    assert engine.loading == held + 1
+    with pytest.raises(RuntimeError, match="half loaded"):
+        engine.submit(*_one_request(engine))
+    other.discard()  # the transfer broke
+    engine.abandon_load()
+    assert engine.loading is None and not engine.whole and engine.version == held
+    with pytest.raises(RuntimeError, match="incomplete"):
+        engine.submit(*_one_request(engine))
+
+    writer = WeightSetWriter(1)
+    seen = steps = 0
+    for index, chunk in enumerate(tensor_chunks(1, model_tensors(v1_model_dir), chunk_bytes=16 * 1024)):
+        writer.write(chunk)
+        arrived = writer.arrivals.wait(seen, 1, 0) if index % 4 == 3 else []
+        if arrived:
+            engine.load_arrived(writer.arrivals, arrived)
+            seen, steps = seen + len(arrived), steps + 1
+            assert engine.loading == 1
+    weight_set = writer.finish()
     try:
-        expected = _probe(fresh)
-        fresh_sums = fresh.parameter_checksum()
+        engine.load_weights(weight_set)
     finally:
-        fresh.close()
-    assert [t for t, _, _ in updated] == [t for t, _, _ in expected]
-    worst = max(float(np.max(np.abs(a - b))) for (_, a, _), (_, b, _) in zip(updated, expected, strict=True))
-    assert worst < 1e-4, f"logprobs differ by {worst:.2e}"
-    assert updated_sums.keys() == fresh_sums.keys()
-    for name, value in fresh_sums.items():
-        assert updated_sums[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+        weight_set.close()
+    assert steps >= 3 and seen < len(weight_set.entries)  # loaded in steps, the rest at the end
+    assert engine.version == 1 and engine.whole and engine.loading is None
+    _assert_matches(engine, v1_expected)
+
+
+def test_a_transfer_that_breaks_during_a_stepwise_load_hands_the_work_back(
+    engine: Engine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The loop never starts work on a half-loaded engine; a broken transfer leaves none sampled."""
+    dispatcher, judge, publisher = ScriptedDispatcher(), ScriptedJudge(correct), ScriptedPublisher()
+    config = GeneratorConfig(
+        learner=dispatcher.address,
+        judge=judge.address,
+        model=tiny_model_dir,
+        generator_id="g",
+        credits=4,
+        heartbeat_s=0.2,
+        resend_s=0.3,
+        weight_load_step_mb=0.01,  # the tiny model loads in many steps
+    )
+    worker = Worker(config, engine)
+    target = engine.version + 1
+    tensors = perturbed(model_tensors(tiny_model_dir), seed=3)
+    chunks = tensor_chunks(target, tensors, chunk_bytes=16 * 1024)
+    hold = publisher.holds[target] = Hold(after=len(chunks) // 2, fail=True)
+    items = [math_item(f"b{i}", version=target, n=2, max_tokens=8) for i in range(3)]
+    try:
+        drive(worker, lambda: "g" in dispatcher.peers)
+        with dispatcher._lock:
+            dispatcher.current_version = target
+            dispatcher.push(publisher.publish(target, chunks))
+            dispatcher.add(items)
+        drive(worker, lambda: engine.loading == target and hold.reached.is_set())
+        for _ in range(20):  # half the version is in: nothing may start
+            worker.turn()
+            assert not engine.busy and all(h.state == "queued" for h in worker.held.values())
+        hold.release.set()
+        reason = f"weights v{target}: internal"
+        drive(worker, lambda: any(a.reason.startswith(reason) for a in dispatcher.log.aborted))
+        assert engine.loading is None and not engine.whole and engine.version == target - 1
+        assert dispatcher.log.groups == []
+
+        publisher.publish(target, chunks)  # the publisher serves the version whole now
+        drive(worker, lambda: all(i.id in dispatcher.log.accepted for i in items), timeout_s=60)
+        assert engine.version == target and engine.whole
+        assert {g.policy_version for g in dispatcher.log.groups} == {target}
+        assert dispatcher.log.mismatched == [] and dispatcher.log.twice == []
+        stepwise = _probe(engine)
+    finally:
+        hold.release.set()
+        # Not worker.close(): the engine belongs to this module's fixture.
+        worker.fetcher.close()
+        worker.judge.close()
+        worker.dispatcher.close()
+        for peer in (dispatcher, judge, publisher):
+            peer.close()
+    whole = fetch_whole(target, tensors)
+    try:
+        engine.load_weights(whole)
+    finally:
+        whole.close()
+    assert [t for t, _, _ in _probe(engine)] == [t for t, _, _ in stepwise]
+
+
+def fetch_whole(version: int, tensors: dict[str, torch.Tensor]) -> WeightSet:
+    publisher = ScriptedPublisher()
+    try:
+        publisher.publish(version, tensor_chunks(version, tensors, chunk_bytes=64 * 1024))
+        return fetch_weights(publisher.address, version, "test", timeout_s=60)
+    finally:
+        publisher.close()
+
+
+def drive(worker: Worker, until: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached"
+        worker.turn()

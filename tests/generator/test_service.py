@@ -42,6 +42,7 @@ GENERATOR_FLAGS = (
     "--resend-s", "0.5",
     "--shutdown-grace-s", "3",
     "--judge-timeout-s", "30",
+    "--weight-load-step-mb", "0.05",  # the tiny model's 1.5 MiB may load in steps as they arrive
 )  # fmt: skip
 
 

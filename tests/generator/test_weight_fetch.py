@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from generator.weight_fetch import FetchError, WeightFetcher, fetch_weights
-from generator.weight_set import WeightSet, file_prefix, remove_orphans
+from generator.weight_set import WeightSet, WeightSetWriter, file_prefix, remove_orphans
 from proto.sockets import Server
-from tests.generator.scripted import ScriptedPublisher, tensor_chunks
+from tests.generator.scripted import Hold, ScriptedPublisher, tensor_chunks
 
 
 @pytest.fixture
@@ -183,3 +183,87 @@ def test_files_of_dead_processes_are_removed() -> None:
         for path in (orphan, mine):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def wait_for(predicate, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while (value := predicate()) is None or value is False:
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+    return value
+
+
+def test_arrivals_show_complete_tensors_before_the_transfer_ends(publisher: ScriptedPublisher) -> None:
+    tensors = sample_tensors()
+    names = list(tensors)
+    chunks = tensor_chunks(6, tensors, chunk_bytes=256)
+    first = sum(c.name == names[0] for c in chunks)
+    assert sum(c.name == names[1] for c in chunks) > 1
+    announce = publisher.publish(6, chunks)
+    hold = publisher.holds[6] = Hold(after=first + 1)  # the first tensor and part of the second
+    fetcher = WeightFetcher("g1", timeout_s=10)
+    try:
+        fetcher.want(6, publisher.address, announce)
+        assert hold.reached.wait(10)
+        arrivals = wait_for(lambda: fetcher.arriving(6))
+        arrived = arrivals.wait(0, min_bytes=1, timeout_s=5)
+        assert [e.name for e in arrived] == names[:1]
+        assert arrivals.wait(1, min_bytes=1, timeout_s=0.2) == []  # the second is incomplete
+        assert not arrivals.ended and fetcher.take(6) is None
+        expected = tensors[names[0]].contiguous().view(torch.uint8).flatten().numpy().tobytes()
+        with open(arrivals.path, "rb") as handle:  # readable while the rest still arrives
+            handle.seek(arrived[0].offset)
+            assert handle.read(arrived[0].nbytes) == expected
+        hold.release.set()
+        result = wait_for(lambda: fetcher.take(6))
+        assert isinstance(result, WeightSet) and result.path == arrivals.path
+        assert arrivals.ended and not arrivals.failed
+        assert [e.name for e in arrivals.wait(0, 1, 0)] == list(tensors)
+        result.close()
+    finally:
+        hold.release.set()
+        fetcher.close()
+    assert leftover_files(6) == []
+
+
+def test_the_next_version_is_written_into_the_kept_file(publisher: ScriptedPublisher) -> None:
+    tensors = sample_tensors()
+    fetcher = WeightFetcher("g1", timeout_s=10)
+    try:
+        publisher.publish(1, tensor_chunks(1, tensors, chunk_bytes=100))
+        fetcher.want(1, publisher.address)
+        first = wait_for(lambda: fetcher.take(1))
+        assert isinstance(first, WeightSet)
+        inode = first.path.stat().st_ino
+        first.close()
+        assert first.path.exists()  # kept for the next version
+        doubled = {k: v * 2 for k, v in tensors.items()}
+        publisher.publish(2, tensor_chunks(2, doubled, chunk_bytes=100))
+        fetcher.want(2, publisher.address)
+        second = wait_for(lambda: fetcher.take(2))
+        assert isinstance(second, WeightSet)
+        assert second.path.stat().st_ino == inode and not first.path.exists()
+        assert second.path.name.startswith(file_prefix(2))
+        got = as_dict(second)
+        for name, tensor in doubled.items():
+            assert torch.equal(got[name], tensor), name
+        second.close()
+    finally:
+        fetcher.close()
+    assert leftover_files(1) == [] and leftover_files(2) == []
+
+
+def test_a_failed_transfer_keeps_its_file_while_a_loader_reads_it() -> None:
+    chunks = tensor_chunks(3, sample_tensors(), chunk_bytes=300)
+    writer = WeightSetWriter(3)
+    for chunk in chunks[:3]:
+        writer.write(chunk)
+    arrivals = writer.arrivals
+    with arrivals.pinned() as readable:
+        assert readable
+        writer.discard()  # the transfer broke while a loader reads what arrived
+        assert arrivals.path.exists() and arrivals.failed and arrivals.ended
+        assert arrivals.wait(0, 1, 0) == []  # nothing more to load from a failed transfer
+    assert not arrivals.path.exists()
+    with arrivals.pinned() as readable:
+        assert not readable

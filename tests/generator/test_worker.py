@@ -7,9 +7,7 @@ judge retries, WorkCancel, resend until acknowledged, refusals, version labels, 
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,9 +18,8 @@ from generator.config import GeneratorConfig
 from generator.engine import Finished, Sample
 from generator.worker import Worker
 from proto.judge import JudgeRequest, Verdict
-from proto.sockets import Server
 from proto.work import WorkCancel
-from tests.generator.scripted import ScriptedDispatcher, math_item
+from tests.generator.scripted import ScriptedDispatcher, ScriptedJudge, correct, math_item
 
 
 class StubEngine:
@@ -35,6 +32,9 @@ class StubEngine:
         self.pending: dict[str, tuple[np.ndarray, int, int]] = {}  # id -> (prompt, n, steps left)
         self.aborted: list[str] = []
         self.count = 0
+        self.loading: int | None = None  # never loads weights in steps
+        self.whole = True
+        self.partial_loads = False
 
     def render_prompt(self, prompt: str | None, ids: np.ndarray | None, template: bool) -> np.ndarray:
         return np.array([1, 2, 3], dtype=np.int32)
@@ -81,35 +81,6 @@ class StubEngine:
 
     def close(self) -> None:
         pass
-
-
-class ScriptedJudge:
-    """Answers each JudgeRequest with `verdict(request, times_seen)`."""
-
-    def __init__(self, verdict: Callable[[JudgeRequest, int], Verdict]) -> None:
-        self.server = Server("tcp://127.0.0.1:*", name="test-judge")
-        self.address = self.server.address
-        self.seen: Counter[str] = Counter()
-        self.verdict = verdict
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            request = self.server.recv(timeout_ms=20)
-            if request is not None and isinstance(request.message, JudgeRequest):
-                self.seen[request.message.id] += 1
-                self.server.reply(request, self.verdict(request.message, self.seen[request.message.id]))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.server.close()
-
-
-def correct(request: JudgeRequest, times: int) -> Verdict:
-    return Verdict(id=request.id, reward=1, status="correct")
 
 
 @pytest.fixture
