@@ -28,10 +28,12 @@ def smoke_recipe(path: Path) -> Path:
     learner = recipe["learner"]
     learner["checkpoint"] = {"every_steps": 2, "keep_last": 2}
     learner["eval"]["sets"] = [dict(s, limit=8) for s in learner["eval"]["sets"]]
+    # a few steps of every stage of the recipe: math-44, math-52, math-60, code-64, code-80
+    steps = [2, 1, 1, 2, 1]
     stages = learner["schedule"]["stages"]
+    assert len(stages) == len(steps), "the tiny recipe's stages changed: update the smoke schedule"
     learner["schedule"]["stages"] = [
-        dict(stages[0], steps=3, batch_prompts=4),
-        dict(stages[3], steps=2, batch_prompts=4),
+        dict(s, steps=n, batch_prompts=4) for s, n in zip(stages, steps, strict=True)
     ]
     return write_recipe(path, recipe)
 
@@ -75,7 +77,7 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
     assert list((run_dir / "tensorboard").iterdir()) and list((run_dir / "checkpoints").iterdir())
 
     train = metrics(run_dir)
-    assert [r["step"] for r in train] == list(range(5))
+    assert [r["step"] for r in train] == list(range(7))
     for r in train:
         assert r["sample_versions"] == [r["step"], r["step"]] and r["policy_version"] == r["step"]
         for key in (
@@ -84,6 +86,7 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
             "response_len_mean",
             "truncated_frac",
             "zero_var_frac",
+            "sampled_accuracy",
             "entropy",
             "logprob_mismatch",
             "step_s",
@@ -92,13 +95,16 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
         ):
             assert key in r, key
     evals = metrics(run_dir, "eval")
-    assert {(r["step"], r["task"]) for r in evals} == {(s, t) for s in (0, 3, 5) for t in ("math", "code")}
+    # before RL and after every stage
+    points = (0, 2, 3, 4, 6, 7)
+    assert {(r["step"], r["task"]) for r in evals} == {(s, t) for s in points for t in ("math", "code")}
     assert all(0 <= r["accuracy"] <= 1 for r in evals)
 
     batches = read_batches(run_dir)
     trained = [w for b in batches for w in b["work_ids"]]
     assert len(trained) == len(set(trained)), "a prompt was trained twice"
-    assert [b["stage"] for b in batches] == [0, 0, 0, 1, 1]
+    assert [b["stage"] for b in batches] == [0, 0, 1, 2, 3, 3, 4]
+    assert [r["task"] for r in train] == ["math"] * 4 + ["code"] * 3
     assert all(w.startswith(f"{b['stage']}/") for b in batches for w in b["work_ids"])
     # while the judge was down nothing was trained with a made-up reward
     statuses = {status for b in batches for status in b["statuses"]}
