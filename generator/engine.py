@@ -26,7 +26,7 @@ import structlog
 from transformers import AutoTokenizer
 
 from generator.config import EngineConfig
-from generator.weight_loader import WeightPath, engine_kwargs, load_into, load_step
+from generator.weight_loader import EngineLoader, WeightPath, engine_kwargs
 from generator.weight_set import Arrivals, TensorEntry, WeightSet
 from proto.work import SamplingParams as WorkSampling
 
@@ -103,6 +103,7 @@ class Engine:
         self.llm.llm_engine.set_weight_version(str(version))
         self._active: dict[str, np.ndarray] = {}  # request id -> prompt token ids
         self._reload: _Reload | None = None
+        self._loader = EngineLoader(self.llm, weight_path)
         self._ids = itertools.count()
         log.info("engine_started", model=str(model), seconds=round(time.monotonic() - started, 1))
 
@@ -270,7 +271,7 @@ class Engine:
                 reload = self._reload = _Reload(arrivals, time.monotonic(), set())
                 # A label no group claims: should anything be sampled now, it would be refused.
                 self.llm.llm_engine.set_weight_version(f"{arrivals.version}-loading")
-            load_step(self.llm, arrivals.path, todo, begin=begin, end=False)
+            self._loader.step(arrivals.path, todo, begin=begin, end=False)
         reload.loaded.update(e.name for e in todo)
         reload.loaded_bytes += sum(e.nbytes for e in todo)
         reload.steps += 1
@@ -282,7 +283,7 @@ class Engine:
             return
         self.whole = False
         self.llm.llm_engine.set_weight_version(f"{reload.arrivals.version}-abandoned")
-        load_step(self.llm, None, [], begin=False, end=True)
+        self._loader.step(None, [], begin=False, end=True)
         log.warning("weights_load_abandoned", version=reload.arrivals.version, loaded=len(reload.loaded))
 
     def load_weights(self, weight_set: WeightSet) -> float:
@@ -303,10 +304,10 @@ class Engine:
             reload = None
         started = time.monotonic()
         if reload is None:
-            parts = load_into(self.llm, weight_set, self.weight_path)
+            parts = self._loader.whole(weight_set)
         else:
             rest = [e for e in weight_set.entries if e.name not in reload.loaded]
-            parts = load_step(self.llm, weight_set.path, rest, begin=False, end=True)
+            parts = self._loader.step(weight_set.path, rest, begin=False, end=True)
             self._reload = None
         self.llm.llm_engine.set_weight_version(str(weight_set.version))
         self.version = weight_set.version
@@ -332,5 +333,6 @@ class Engine:
         return self.llm.collective_rpc("acerl_parameter_checksum")[0]
 
     def close(self) -> None:
+        self._loader.close()
         with contextlib.suppress(Exception):
             self.llm.llm_engine.engine_core.shutdown()

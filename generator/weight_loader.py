@@ -1,10 +1,11 @@
 """Loading a fetched WeightSet into the running vLLM engine, in place, without a restart.
 
-Two paths behind one call (`load_into(llm, weight_set, path)`):
+Two paths behind one object (`EngineLoader(llm, path)`):
 - "shm": a worker extension maps the shared-memory file of the WeightSet and hands the tensors
-  to vLLM's layerwise in-place reload (the tensors never travel through `collective_rpc`, only
-  the file name and the layout do). Works on CPU and GPU workers. `load_step` runs the same
-  reload in steps, so that tensors can be loaded while the rest of the version still arrives.
+  to vLLM's layerwise in-place reload (the tensors never travel to the workers, only the file
+  name and the layout do, over a socket of each worker's own: see generator.reload_channel).
+  Works on CPU and GPU workers. `EngineLoader.step` runs the same reload in steps, so that
+  tensors can be loaded while the rest of the version still arrives.
 - "ipc": on CUDA, vLLM's own weight-transfer engine (backend "ipc"): this process copies the
   tensors to the GPU and the workers rebuild them from CUDA IPC handles, in packed buffers.
 """
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 import torch
 
+from generator.reload_channel import ReloadChannel, ReloadService
 from generator.weight_set import TensorEntry, WeightSet
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -103,6 +105,12 @@ class WeightReloadExtension:
             if hasattr(runner, reset):  # what vLLM's own reload_weights clears afterwards
                 getattr(runner, reset)()
         self._acerl_files.release_retired()
+
+    def acerl_open_reload_service(self) -> str:
+        """Serve `acerl_reload` steps on a socket of this worker's own; its address."""
+        if getattr(self, "_acerl_service", None) is None:
+            self._acerl_service = ReloadService(self.acerl_reload)
+        return self._acerl_service.address
 
     def acerl_remember_ties(self) -> int:
         """Before a reload that does not go through `acerl_reload` (the IPC path)."""
@@ -231,22 +239,36 @@ def engine_kwargs(path: WeightPath) -> dict[str, Any]:
     return kwargs
 
 
-def load_into(llm: Any, weight_set: WeightSet, path: WeightPath) -> dict[str, float]:
-    """Load `weight_set` into the engine of `llm` (a `vllm.LLM`), in place; seconds by part."""
-    if path == "shm":
-        return load_step(llm, weight_set.path, weight_set.entries, begin=True, end=True)
-    started = time.perf_counter()
-    _load_over_ipc(llm, weight_set)
-    return {"ipc_s": time.perf_counter() - started}
+class EngineLoader:
+    """Loads versions into the running engine of a `vllm.LLM`, whole, or in steps ("shm" path)."""
 
+    def __init__(self, llm: Any, path: WeightPath) -> None:
+        self.llm = llm
+        self.path = path
+        self._channel: ReloadChannel | None = None
+        if path == "shm":
+            self._channel = ReloadChannel(llm.collective_rpc("acerl_open_reload_service"))
 
-def load_step(
-    llm: Any, path: Path | None, entries: Sequence[TensorEntry], *, begin: bool, end: bool
-) -> dict[str, float]:
-    """One step of a "shm" reload (see `WeightReloadExtension.acerl_reload`); seconds by part."""
-    layout = [(e.name, e.dtype, list(e.shape), e.offset) for e in entries]
-    args = (None if path is None else str(path), layout, begin, end)
-    return llm.collective_rpc("acerl_reload", args=args)[0]
+    def whole(self, weight_set: WeightSet) -> dict[str, float]:
+        """Load `weight_set` in place; seconds by part."""
+        if self._channel is not None:
+            return self.step(weight_set.path, weight_set.entries, begin=True, end=True)
+        started = time.perf_counter()
+        _load_over_ipc(self.llm, weight_set)
+        return {"ipc_s": time.perf_counter() - started}
+
+    def step(
+        self, path: Path | None, entries: Sequence[TensorEntry], *, begin: bool, end: bool
+    ) -> dict[str, float]:
+        """One step of a "shm" reload (see `WeightReloadExtension.acerl_reload`); seconds by part."""
+        if self._channel is None:
+            raise RuntimeError(f"weight path {self.path!r} loads whole versions only")
+        layout = [(e.name, e.dtype, list(e.shape), e.offset) for e in entries]
+        return self._channel.step(None if path is None else str(path), layout, begin, end)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
 
 
 class _EngineSyncClient:
