@@ -145,8 +145,11 @@ class Worker:
             self.begin_stop(f"{self._signal} received", self.cfg.shutdown_grace_s)
             self._signal = None
         # While weights are loaded as they arrive, the loop waits on their arrival instead.
-        idle = not self.engine.busy and self.arriving is None
-        self._pump_dispatcher(IDLE_WAIT_MS if idle else 0)
+        if not self.engine.busy and self.arriving is None:
+            # Verdicts are waited for too: a group goes back as soon as its last one is in.
+            peers = [self.dispatcher, self.judge.connection] if self.by_judge_id else [self.dispatcher]
+            Client.wait_any(peers, IDLE_WAIT_MS)
+        self._pump_dispatcher(0)
         self._pump_judge()
         if self._switch_weights():
             self._start_queued()

@@ -114,6 +114,11 @@ class JudgeClient:
     def pending(self) -> int:
         return len(self._pending) + len(self._ready)
 
+    @property
+    def connection(self) -> Client:
+        """The socket to the daemon, for an event loop that waits on it with others (`poll` reads)."""
+        return self._client
+
     def poll(self, timeout_s: float = 0.0) -> list[Verdict]:
         """Verdicts that completed, waiting up to `timeout_s` for the first one."""
         deadline = time.monotonic() + timeout_s

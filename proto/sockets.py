@@ -14,6 +14,7 @@ import itertools
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,6 +308,21 @@ class Client:
     def close(self) -> None:
         self._socket.close(linger=self.limits.linger_ms)
         self._context.term()
+
+    @staticmethod
+    def wait_any(clients: Sequence[Client], timeout_ms: int) -> None:
+        """Wait until one of `clients` has something to `recv`, at most `timeout_ms`.
+
+        For a loop that serves several peers: it wakes for whichever answers first instead of
+        waiting on one while the other's answer sits unread. (A message left by a peer that
+        has just disconnected is not reported: the timeout bounds that wait.)
+        """
+        if any(client._pushed or client._stash for client in clients):
+            return
+        poller = zmq.Poller()
+        for client in clients:
+            poller.register(client._socket, zmq.POLLIN)
+        poller.poll(timeout_ms)
 
     def __enter__(self) -> Client:
         return self

@@ -364,3 +364,26 @@ def test_pushes_received_while_waiting_for_a_reply_are_all_kept() -> None:
         assert client.request(heartbeat(1)) == Ack(detail="g1")
         pushes = [client.recv(timeout_ms=1_000) for _ in range(3)]
         assert [(p.request_id, p.message.detail) for p in pushes] == [(b"", f"push{i}") for i in range(3)]
+
+
+def test_wait_any_wakes_for_whichever_client_is_answered_first() -> None:
+    def slow(server: Server, request: Request) -> None:
+        time.sleep(1.0)
+        echo(server, request)
+
+    with (
+        serving("tcp://127.0.0.1:*", slow) as slow_server,
+        serving("tcp://127.0.0.1:*") as fast_server,
+        Client(slow_server.address, limits=FAST) as waiting,
+        Client(fast_server.address, limits=FAST) as answered,
+    ):
+        waiting.send(heartbeat(1))
+        answered.send(heartbeat(2))
+        start = time.monotonic()
+        Client.wait_any([waiting, answered], 3_000)
+        assert time.monotonic() - start < 0.9
+        reply = answered.recv(timeout_ms=0)
+        assert reply is not None and reply.message == Ack(detail="g2")
+        start = time.monotonic()
+        Client.wait_any([waiting, answered], 200)  # nothing more: the timeout bounds the wait
+        assert 0.15 < time.monotonic() - start < 0.9
