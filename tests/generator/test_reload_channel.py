@@ -1,0 +1,40 @@
+"""The reload steps' own socket: requests reach every worker's service, failures come back as errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from generator.reload_channel import ReloadChannel, ReloadService
+
+
+class Recorder:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[tuple[str | None, list, bool, bool]] = []
+
+    def __call__(self, path: str | None, layout: list, begin: bool, end: bool) -> dict[str, float]:
+        if path == "broken":
+            raise FileNotFoundError(f"{self.name}: no such file")
+        self.calls.append((path, layout, begin, end))
+        return {"load_s": float(len(self.calls))}
+
+
+def test_every_worker_runs_each_step_and_a_failure_is_reported() -> None:
+    workers = [Recorder("w0"), Recorder("w1")]
+    services = [ReloadService(worker) for worker in workers]
+    channel = ReloadChannel([s.address for s in services], timeout_s=10)
+    try:
+        layout = [("model.norm.weight", "float32", [16], 64)]
+        assert channel.step("/dev/shm/x", layout, True, False) == {"load_s": 1.0}
+        assert channel.step(None, [], False, True) == {"load_s": 2.0}
+        for worker in workers:
+            assert worker.calls == [("/dev/shm/x", layout, True, False), (None, [], False, True)]
+        with pytest.raises(RuntimeError, match="FileNotFoundError: w0: no such file"):
+            channel.step("broken", layout, True, True)
+        assert channel.step(None, [], False, True) == {"load_s": 3.0}  # still serving
+        assert all(oct(os.stat(s.address.removeprefix("ipc://")).st_mode)[-3:] == "600" for s in services)
+    finally:
+        channel.close()
+    assert not any(os.path.exists(s.address.removeprefix("ipc://")) for s in services)
