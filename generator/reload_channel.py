@@ -41,6 +41,11 @@ class ReloadService:
         self._thread.start()
 
     def _serve(self) -> None:
+        # vLLM binds a CPU worker to the cores its inference threads compute on (one of two
+        # here, the other kept for the engine core). A reload runs while the engine is idle
+        # and the engine core asleep, beside the transfer still arriving: it may use any core.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
         while True:
             path, layout, begin, end = msgpack.unpackb(self._socket.recv())
             try:
