@@ -17,6 +17,7 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,7 +60,8 @@ class ReloadService:
 class ReloadChannel:
     """Generator side: one request per worker, every step waits for all of their replies."""
 
-    def __init__(self, addresses: Sequence[str], timeout_s: float = 600.0) -> None:
+    def __init__(self, addresses: Sequence[str], alive: Callable[[], bool], timeout_s: float = 600.0) -> None:
+        self._alive = alive  # False once the engine died: no answer will come
         self._context = zmq.Context()
         self._sockets = []
         self._addresses = list(addresses)
@@ -78,9 +80,13 @@ class ReloadChannel:
         for socket in self._sockets:
             socket.send(request)
         replies = []
+        deadline = time.monotonic() + self.timeout_ms / 1000
         for socket in self._sockets:
-            if not socket.poll(self.timeout_ms):
-                raise TimeoutError(f"a reload step got no answer within {self.timeout_ms / 1000:g} s")
+            while not socket.poll(1000):
+                if not self._alive():
+                    raise RuntimeError("the engine died during a reload step")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"a reload step got no answer within {self.timeout_ms / 1000:g} s")
             replies.append(msgpack.unpackb(socket.recv()))
         failed = [detail for status, detail in replies if status != "ok"]
         if failed:

@@ -247,7 +247,12 @@ class EngineLoader:
         self.path = path
         self._channel: ReloadChannel | None = None
         if path == "shm":
-            self._channel = ReloadChannel(llm.collective_rpc("acerl_open_reload_service"))
+            addresses = llm.collective_rpc("acerl_open_reload_service")
+            self._channel = ReloadChannel(addresses, alive=self._engine_alive)
+
+    def _engine_alive(self) -> bool:
+        resources = getattr(self.llm.llm_engine.engine_core, "resources", None)
+        return not getattr(resources, "engine_dead", False)
 
     def whole(self, weight_set: WeightSet) -> dict[str, float]:
         """Load `weight_set` in place; seconds by part."""

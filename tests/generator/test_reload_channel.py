@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -24,7 +25,7 @@ class Recorder:
 def test_every_worker_runs_each_step_and_a_failure_is_reported() -> None:
     workers = [Recorder("w0"), Recorder("w1")]
     services = [ReloadService(worker) for worker in workers]
-    channel = ReloadChannel([s.address for s in services], timeout_s=10)
+    channel = ReloadChannel([s.address for s in services], alive=lambda: True, timeout_s=10)
     try:
         layout = [("model.norm.weight", "float32", [16], 64)]
         assert channel.step("/dev/shm/x", layout, True, False) == {"load_s": 1.0}
@@ -38,3 +39,15 @@ def test_every_worker_runs_each_step_and_a_failure_is_reported() -> None:
     finally:
         channel.close()
     assert not any(os.path.exists(s.address.removeprefix("ipc://")) for s in services)
+
+
+def test_a_dead_engine_ends_the_wait() -> None:
+    silent = ReloadService(lambda path, layout, begin, end: time.sleep(30) or {})
+    channel = ReloadChannel([silent.address], alive=lambda: False, timeout_s=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="engine died"):
+            channel.step(None, [], True, True)
+        assert time.monotonic() - started < 10
+    finally:
+        channel.close()
