@@ -62,6 +62,7 @@ def math_items(count: int, seed: int, careful_fraction: float = CAREFUL_FRACTION
     raise ValueError(f"math_items: only {len(seen)} distinct problems found, {count} asked")
 
 
+# Formulas are built from these operators and small integers only, so eval() is safe here.
 _OPS = {"+": "plus", "-": "minus", "*": "times"}
 
 
