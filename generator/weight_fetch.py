@@ -57,44 +57,54 @@ def fetch_weights(
     cancelled: Callable[[], bool] = lambda: False,
     files: WeightFiles | None = None,
     on_start: Callable[[Arrivals], None] = lambda arrivals: None,
+    client: Client | None = None,
 ) -> WeightSet:
     """Download `version` from the publisher at `address`. Raises FetchError.
 
-    `files` lends the file to write into; `on_start` sees each attempt's arrivals as it begins.
+    `files` lends the file to write into; `on_start` sees each attempt's arrivals as it begins;
+    `client` is a connection to `address` to use (and leave open) instead of a new one.
     """
+    if client is None:
+        with connect(address, curve) as own:
+            return fetch_weights(
+                address, version, generator_id, timeout_s=timeout_s, chunk_timeout_s=chunk_timeout_s,
+                announce=announce, cancelled=cancelled, files=files, on_start=on_start, client=own,
+            )  # fmt: skip
     deadline = time.monotonic() + timeout_s
-    limits = SocketLimits(recv_timeout_ms=1_000, send_timeout_ms=1_000, max_frame_bytes=MAX_CHUNK_FRAME_BYTES)
     backoff = 0.05
-    with Client(address, curve=curve, limits=limits) as client:
-        while True:
-            writer = WeightSetWriter(version, announce, files)
-            on_start(writer.arrivals)
+    while True:
+        writer = WeightSetWriter(version, announce, files)
+        on_start(writer.arrivals)
+        try:
             try:
-                try:
-                    request_id = client.send(WeightRequest(version=version, generator_id=generator_id))
-                except TimeoutError:
-                    error: Error | None = Error(code="unavailable", detail=f"no publisher at {address}")
-                else:
-                    error = _receive(client, request_id, writer, deadline, chunk_timeout_s, cancelled)
-                if error is None:
-                    weight_set = writer.finish()
-                    log.info("weights_fetched", version=version, bytes=writer.bytes_received)
-                    return weight_set
-            except WeightStreamError as exc:
-                writer.discard()
-                raise FetchError(version, "stream", str(exc)) from None
-            except BaseException:
-                writer.discard()
-                raise
+                request_id = client.send(WeightRequest(version=version, generator_id=generator_id))
+            except TimeoutError:
+                error: Error | None = Error(code="unavailable", detail=f"no publisher at {address}")
+            else:
+                error = _receive(client, request_id, writer, deadline, chunk_timeout_s, cancelled)
+            if error is None:
+                weight_set = writer.finish()
+                log.info("weights_fetched", version=version, bytes=writer.bytes_received)
+                return weight_set
+        except WeightStreamError as exc:
             writer.discard()
-            if error.code not in _RETRY_CODES:
-                raise FetchError(version, error.code, error.detail)
-            if time.monotonic() + backoff > deadline:
-                raise FetchError(
-                    version, "timeout", f"publisher still answering {error.code}: {error.detail}"
-                )
-            time.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(2.0, backoff * 2)
+            raise FetchError(version, "stream", str(exc)) from None
+        except BaseException:
+            writer.discard()
+            raise
+        writer.discard()
+        if error.code not in _RETRY_CODES:
+            raise FetchError(version, error.code, error.detail)
+        if time.monotonic() + backoff > deadline:
+            raise FetchError(version, "timeout", f"publisher still answering {error.code}: {error.detail}")
+        time.sleep(backoff * random.uniform(0.5, 1.0))
+        backoff = min(2.0, backoff * 2)
+
+
+def connect(address: str, curve: CurveClientKeys | None) -> Client:
+    """A connection to the publisher at `address`, as transfers use it."""
+    limits = SocketLimits(recv_timeout_ms=1_000, send_timeout_ms=1_000, max_frame_bytes=MAX_CHUNK_FRAME_BYTES)
+    return Client(address, curve=curve, limits=limits)
 
 
 def _receive(
@@ -153,6 +163,9 @@ class WeightFetcher:
         self._results: dict[int, WeightSet | FetchError] = {}
         self._arrivals: dict[int, Arrivals] = {}  # the current attempt of each version in transfer
         self._files = WeightFiles(keep=1)
+        # Kept from one transfer to the next (a new one costs 20-30 ms); used by the fetch thread
+        # only, of which at most one runs at a time.
+        self._connection: tuple[str, Client] | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
         for path in remove_orphans():
@@ -201,6 +214,10 @@ class WeightFetcher:
                     return
                 version, address, announce = self._wanted
             started = time.monotonic()
+            if self._connection is not None and self._connection[0] != address:
+                self._drop_connection()
+            if self._connection is None:
+                self._connection = (address, connect(address, self.curve))
             try:
                 result: WeightSet | FetchError = fetch_weights(
                     address,
@@ -213,6 +230,7 @@ class WeightFetcher:
                     cancelled=lambda v=version: self._superseded(v),
                     files=self._files,
                     on_start=lambda arrivals: self._started(arrivals),
+                    client=self._connection[1],
                 )
             except FetchError as exc:
                 result = exc
@@ -220,6 +238,9 @@ class WeightFetcher:
                 log.exception("weight_fetch_failed", version=version)
                 result = FetchError(version, "internal", f"{type(exc).__name__}: {exc}")
             fetched = version
+            if not isinstance(result, WeightSet):
+                # The rest of an abandoned stream may still come: a new connection leaves it behind.
+                self._drop_connection()
             log.info(
                 "weight_fetch_done",
                 version=version,
@@ -236,6 +257,11 @@ class WeightFetcher:
                     self._results[version] = result
             if arrivals is not None:
                 arrivals.end(failed=not isinstance(result, WeightSet))  # wakes a waiting loader
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection[1].close()
+            self._connection = None
 
     def _started(self, arrivals: Arrivals) -> None:
         with self._lock:
@@ -254,4 +280,6 @@ class WeightFetcher:
         thread = self._thread
         if thread is not None:
             thread.join(timeout=5)
+        if thread is None or not thread.is_alive():
+            self._drop_connection()
         self._files.close()

@@ -75,6 +75,7 @@ class ScriptedPublisher:
         self.versions: dict[int, list[WeightChunk]] = {}
         self.errors: deque[tuple[str, str]] = deque()  # answered to the next requests, in order
         self.requests: list[WeightRequest] = []
+        self.peers: list[bytes] = []  # the connection each request came on
         self.holds: dict[int, Hold] = {}  # version -> where its next stream stops and waits
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -98,6 +99,7 @@ class ScriptedPublisher:
                 self.server.reply_error(request, "bad_request", f"expected weight_request: {message.TYPE}")
                 continue
             self.requests.append(message)
+            self.peers.append(request.peer)
             if self.errors:
                 code, detail = self.errors.popleft()
                 self.server.reply_error(request, code, detail)  # type: ignore[arg-type]

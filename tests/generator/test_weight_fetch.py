@@ -161,6 +161,7 @@ def test_fetcher_reports_a_failure_and_tries_again_when_asked(publisher: Scripte
             time.sleep(0.02)
         assert isinstance(result, WeightSet)
         result.close()
+        assert publisher.peers[0] != publisher.peers[-1]  # a failed transfer's connection is not kept
     finally:
         fetcher.close()
 
@@ -243,6 +244,7 @@ def test_the_next_version_is_written_into_the_kept_file(publisher: ScriptedPubli
         second = wait_for(lambda: fetcher.take(2))
         assert isinstance(second, WeightSet)
         assert second.path.stat().st_ino == inode and not first.path.exists()
+        assert len(set(publisher.peers)) == 1  # and over the same connection
         assert second.path.name.startswith(file_prefix(2))
         got = as_dict(second)
         for name, tensor in doubled.items():
