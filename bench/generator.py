@@ -343,6 +343,7 @@ class Phases:
     loaded: float = float("nan")  # the version whole in the engine
     first_step: float = float("nan")  # the first tensors loaded while the rest still arrived
     early_mib: float = 0.0  # loaded before the last chunk was in
+    last_step: float = float("nan")  # the load call after the last chunk (the reload's last step)
     generate: float = float("nan")  # the first sample, from the group's own timings
     judge: float = float("nan")
 
@@ -353,7 +354,8 @@ class Phases:
             else ""
         )
         return (
-            f"{steps}last chunk in at {self.fetched:.3f} s, loaded at {self.loaded:.3f} s, "
+            f"{steps}last chunk in at {self.fetched:.3f} s, loaded at {self.loaded:.3f} s "
+            f"(last load call {self.last_step:.3f} s), "
             f"sampled in {self.generate:.3f} s, judged in {self.judge:.3f} s, "
             f"group back at {self.total:.3f} s"
         )
@@ -378,6 +380,7 @@ def timeline(lines: list[str], total_s: float, timings: dict[str, float]) -> Pha
     zero = events["weights_announced"]
     phases.fetched = (events["weight_fetch_done"] - zero).total_seconds()
     phases.loaded = (events["weights_loaded"] - zero).total_seconds()
+    phases.last_step = loaded.get("seconds", float("nan"))
     if "since_first_step_s" in loaded:
         phases.first_step = phases.loaded - loaded["since_first_step_s"]
         phases.early_mib = loaded["early_bytes"] / 2**20
