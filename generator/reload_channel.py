@@ -28,11 +28,28 @@ import zmq
 Step = Callable[[str | None, list[tuple[str, str, list[int], int]], bool, bool], dict[str, float]]
 
 
+PREFIX = "acerl-reload-"
+
+
+def remove_stale_sockets() -> list[str]:
+    """Delete the socket files of workers that died without closing (their engine was killed)."""
+    removed = []
+    for name in os.listdir(tempfile.gettempdir()):
+        owner = name.removeprefix(PREFIX).split("-", 1)[0]
+        if not name.startswith(PREFIX) or not owner.isdigit() or os.path.exists(f"/proc/{owner}"):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(tempfile.gettempdir(), name))
+            removed.append(name)
+    return removed
+
+
 class ReloadService:
     """Worker side: runs `step(path, layout, begin, end)` for each request, one at a time."""
 
     def __init__(self, step: Step) -> None:
-        self.address = f"ipc://{tempfile.gettempdir()}/acerl-reload-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        remove_stale_sockets()
+        self.address = f"ipc://{tempfile.gettempdir()}/{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._step = step
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.REP)

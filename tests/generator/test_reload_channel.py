@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 
-from generator.reload_channel import ReloadChannel, ReloadService
+from generator.reload_channel import ReloadChannel, ReloadService, remove_stale_sockets
 
 
 class Recorder:
@@ -51,3 +54,19 @@ def test_a_dead_engine_ends_the_wait() -> None:
         assert time.monotonic() - started < 10
     finally:
         channel.close()
+
+
+def test_sockets_of_dead_workers_are_removed() -> None:
+    command = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = subprocess.run(command, capture_output=True, text=True)
+    stale = os.path.join(tempfile.gettempdir(), f"acerl-reload-{int(dead.stdout)}-0")
+    mine = os.path.join(tempfile.gettempdir(), f"acerl-reload-{os.getpid()}-0")
+    for path in (stale, mine):
+        open(path, "wb").close()
+    try:
+        assert os.path.basename(stale) in remove_stale_sockets()
+        assert not os.path.exists(stale) and os.path.exists(mine)
+    finally:
+        for path in (stale, mine):
+            if os.path.exists(path):
+                os.unlink(path)
