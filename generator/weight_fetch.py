@@ -191,9 +191,16 @@ class WeightFetcher:
             return self._arrivals.get(version)
 
     def take(self, version: int) -> WeightSet | FetchError | None:
-        """The result for `version` once its transfer ended (the caller then owns it), else None."""
+        """The result for `version` once its transfer ended (the caller then owns it), else None.
+
+        A version older than the one wanted now is a FetchError at once: the publisher serves
+        only its newest version, so waiting for the older one would wait for nothing.
+        """
         with self._lock:
             result = self._results.pop(version, None)
+            if result is None and self._wanted is not None and self._wanted[0] > version:
+                newer = self._wanted[0]
+                return FetchError(version, "superseded", f"v{newer} is announced; only the newest is served")
             if result is not None:
                 self._arrivals.pop(version, None)
             if isinstance(result, FetchError) and self._wanted is not None and self._wanted[0] == version:

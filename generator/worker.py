@@ -14,7 +14,9 @@ against the version the group claims.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -193,7 +195,15 @@ class Worker:
         self.outgoing[wire_id] = out
 
     def _hello(self) -> None:
-        self._send(Hello(sender=self.id, role="generator", info={"policy_version": str(self.engine.version)}))
+        # host and pid tell the dispatcher a reconnection (work still held) from a restart
+        hello = Hello(
+            sender=self.id,
+            role="generator",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            info={"policy_version": str(self.engine.version)},
+        )
+        self._send(hello)
         self.last_heartbeat = time.monotonic()
 
     def _pump_dispatcher(self, timeout_ms: int) -> None:
@@ -270,6 +280,9 @@ class Worker:
         return [message.work_id] if isinstance(message, RolloutGroup) else list(message.work_ids)
 
     def _keep_alive(self, now: float) -> None:
+        # Take in what arrived meanwhile first: after a long engine step, the answers waiting in
+        # the socket show the learner is there, and the heartbeat lists the work just received.
+        self._pump_dispatcher(0)
         if self.session_open and now - self.last_heard > self.cfg.learner_timeout_s:
             log.warning("learner_lost", silent_s=round(now - self.last_heard, 1))
             self.session_open = False
@@ -285,6 +298,7 @@ class Worker:
                 time=time.time(),
                 policy_version=self.engine.version,
                 holding=len(self.held),
+                work_ids=sorted(self.held),
             )
         )
         self.last_heartbeat = now
@@ -406,7 +420,10 @@ class Worker:
         if isinstance(result, FetchError):
             if self.engine.loading is not None:
                 self.engine.abandon_load()
-            log.error("weights_unavailable", version=target, error=str(result))
+            # Superseded: work issued just before the next version was announced. The dispatcher
+            # issues it again with the newest version.
+            report = log.info if result.code == "superseded" else log.error
+            report("weights_unavailable", version=target, error=str(result))
             self._abort([w for w in self.queue if self.held[w].item.policy_version == target], str(result))
             return True
         self._load(result)

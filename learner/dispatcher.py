@@ -34,6 +34,12 @@ class GeneratorSeen:
     last_seen: float
     credits: int = 0
     info: dict[str, str] = field(default_factory=dict)
+    process: tuple[str, int] = ("", 0)  # host and pid its Hello gave (pid 0: not given)
+
+    def same_process(self, hello: Hello) -> bool:
+        """Is this Hello a reconnection of the process already known (which still holds its work),
+        rather than a new process under the same id (which holds nothing)?"""
+        return hello.pid != 0 and (hello.host, hello.pid) == self.process
 
 
 class Dispatcher:
@@ -44,11 +50,15 @@ class Dispatcher:
         *,
         curve: CurveServerKeys | None = None,
         heartbeat_timeout_s: float = 30.0,
+        reconcile_grace_s: float = 10.0,
         tick_ms: int = 20,
         limits: SocketLimits | None = None,
     ) -> None:
         self.ledger = ledger
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        # A heartbeat lists what the generator holds; work pushed to it longer ago than this and
+        # not listed never reached it. (A push still on its way is younger than this.)
+        self.reconcile_grace_s = reconcile_grace_s
         self.tick_ms = tick_ms
         self.generators: dict[str, GeneratorSeen] = {}
         self.announcement: WeightAnnounce | None = None
@@ -167,11 +177,12 @@ class Dispatcher:
             if seen is None or isinstance(message, Hello):
                 if seen is None:
                     log.info("generator_joined", generator=sender)
-                if isinstance(message, Hello):
+                if isinstance(message, Hello) and not (seen is not None and seen.same_process(message)):
                     self._release_all(sender)
                 seen = self.generators[sender] = GeneratorSeen(request.peer, time.monotonic())
                 if isinstance(message, Hello):
                     seen.info = dict(message.info)
+                    seen.process = (message.host, message.pid)
                 if self.announcement is not None:
                     self._outbox.append((sender, self.announcement))
             seen.peer = request.peer
@@ -191,7 +202,30 @@ class Dispatcher:
             if self.eval_round is not None:
                 released += self.eval_round.release(message.work_ids, sender)
             detail = f"released {released}"
+        elif isinstance(message, Heartbeat) and message.work_ids is not None and seen is not None:
+            self._reconcile(sender, set(message.work_ids))
         self._server.reply(request, Ack(detail=detail))
+
+    def _reconcile(self, generator_id: str, held: set[str]) -> None:
+        """Re-issue now the work leased to `generator_id` that it says it never got.
+
+        Otherwise that work would wait for its lease deadline, and with it every step that
+        needs it. Should the lost push turn up after all, the cancel sent here withdraws it.
+        """
+        grace = self.reconcile_grace_s
+        unknown = self.ledger.leases.unknown_to(generator_id, held, self.ledger.clock() - grace)
+        released = self.ledger.release(unknown, generator_id)
+        if self.eval_round is not None:
+            evaluation = self.eval_round
+            unknown_eval = evaluation.leases.unknown_to(generator_id, held, evaluation.clock() - grace)
+            released += evaluation.release(unknown_eval, generator_id)
+            unknown += unknown_eval
+        if released:
+            self.ledger.counts["unknown_to_generator"] += released
+            log.warning(
+                "leases_unknown_to_generator", generator=generator_id, work_ids=unknown[:10], count=released
+            )
+            self._queue_cancels({generator_id: unknown}, "never received")
 
     def _release_all(self, generator_id: str) -> None:
         """A Hello starts a generator afresh (a restarted process holds nothing): what its id held

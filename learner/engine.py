@@ -34,15 +34,19 @@ def _free_port() -> int:
 
 def ensure_distributed() -> None:
     """Initialise torch.distributed once per process. Outside a launcher this process is the
-    only rank; a free port avoids clashing with any other learner on the machine."""
+    only rank: its group then meets in memory, not on a TCP port that another process may take
+    between choosing it and listening on it (seen as EADDRINUSE on a busy machine)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
+    backend = get_accelerator().communication_backend_name()
     if "RANK" not in os.environ:
+        # for code that reads them; the group itself does not use the address
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ["MASTER_PORT"] = str(_free_port())
-    deepspeed.init_distributed(
-        dist_backend=get_accelerator().communication_backend_name(), auto_mpi_discovery=False, verbose=False
-    )
+        torch.distributed.init_process_group(
+            backend=backend, store=torch.distributed.HashStore(), rank=0, world_size=1
+        )
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
 def world_size() -> int:

@@ -72,7 +72,8 @@ class EvalRound:
                 attempt=attempt,
                 **judge_fields(prompt),
             )
-            self.leases[chosen] = Lease(item, generator_id, self.clock() + self.lease_s)
+            now = self.clock()
+            self.leases[chosen] = Lease(item, generator_id, now, now + self.lease_s)
             items.append(item)
         return items
 

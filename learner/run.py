@@ -38,6 +38,8 @@ class DispatchConfig(Section):
     secret_key: Path | None = None  # CURVE secret key file; required to bind off loopback
     clients_dir: Path | None = None  # public keys of the only generators let in
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    # work pushed this long ago that a generator's heartbeat does not list is issued again
+    reconcile_grace_s: float = Field(default=10.0, gt=0)
     overissue: float = Field(default=1.0, ge=1.0)  # with dynamic sampling: spare prompts in flight
     batch_timeout_s: float = Field(default=1800.0, gt=0)  # no batch in this time stops the run
 
@@ -105,7 +107,11 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
         curve=weights_curve,
     )
     dispatcher = Dispatcher(
-        ledger, cfg.dispatch.address, curve=curve, heartbeat_timeout_s=cfg.dispatch.heartbeat_timeout_s
+        ledger,
+        cfg.dispatch.address,
+        curve=curve,
+        heartbeat_timeout_s=cfg.dispatch.heartbeat_timeout_s,
+        reconcile_grace_s=cfg.dispatch.reconcile_grace_s,
     )
     log.info("dispatcher_ready", address=dispatcher.address, weights=publisher.address)
     dispatcher.start()

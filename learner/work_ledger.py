@@ -34,6 +34,7 @@ log = structlog.get_logger("learner.work_ledger")
 class Lease:
     item: WorkItem
     generator_id: str
+    issued: float
     deadline: float
 
 
@@ -46,6 +47,14 @@ class Leases(dict[str, Lease]):
         for chosen in ended:
             del self[chosen]
         return ended
+
+    def unknown_to(self, generator_id: str, held: set[str], issued_before: float) -> list[str]:
+        """Leases of `generator_id` issued before `issued_before` for work it says it does not hold."""
+        return [
+            chosen
+            for chosen, lease in self.items()
+            if lease.generator_id == generator_id and chosen not in held and lease.issued < issued_before
+        ]
 
     def overdue(self, now: float, lost_generators: set[str]) -> dict[str, list[str]]:
         """End the leases past their deadline or held by lost generators; by generator."""
@@ -206,7 +215,8 @@ class WorkLedger:
             attempt=attempt,
             **judge_fields(prompt),
         )
-        self.leases[chosen] = Lease(item, generator_id, self.clock() + self.schedule.lease_s)
+        now = self.clock()
+        self.leases[chosen] = Lease(item, generator_id, now, now + self.schedule.lease_s)
         self.counts["issued"] += 1
         return item
 

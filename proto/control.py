@@ -32,6 +32,9 @@ class Heartbeat(Message):
     time: float  # sender's clock, seconds since the epoch; for logs only, never compared
     policy_version: int | None = None
     holding: int = Field(default=0, ge=0)  # work items held right now
+    # Their ids, when the sender reports them: a lease the dispatcher keeps for work the
+    # generator never got (a push lost on the way) is then re-issued at once, not at its deadline.
+    work_ids: list[str] | None = Field(default=None, max_length=100_000)
 
 
 class Ack(Message):

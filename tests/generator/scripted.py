@@ -6,6 +6,9 @@ do, but every decision they take is written here so that a test can steer and in
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -346,12 +349,20 @@ def math_item(
 
 
 class LiveProcess:
-    """A child process whose stderr is collected line by line."""
+    """A child process whose stderr is collected line by line, in a process group of its own."""
 
     def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         self.command = command
+        # A group of its own, so that stop() also ends the engine processes it started: killed
+        # alone, the generator leaves them spinning on the cores the next tests need.
         self.process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         self.log: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -377,6 +388,7 @@ class LiveProcess:
         return "".join(self.log[-lines:])
 
     def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, SIGKILL after `timeout_s`; then SIGKILL whatever of its group is left."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -384,6 +396,8 @@ class LiveProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._reader.join(5)
         return self.process.returncode
 

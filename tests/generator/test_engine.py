@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from generator.config import EngineConfig, GeneratorConfig
-from generator.engine import Engine, PromptError
+from generator.engine import Engine, PromptError, overridden_args
 from generator.rollout import rollout_group
 from generator.weight_fetch import fetch_weights
 from generator.weight_set import WeightSet, WeightSetWriter
@@ -343,3 +344,14 @@ def drive(worker: Worker, until: Callable[[], bool], timeout_s: float = 30.0) ->
     while not until():
         assert time.monotonic() < deadline, "condition not reached"
         worker.turn()
+
+
+def test_engine_arguments_the_platform_replaced_are_named() -> None:
+    resolved = SimpleNamespace(
+        parallel_config=SimpleNamespace(distributed_executor_backend="mp"),
+        scheduler_config=SimpleNamespace(max_num_seqs=128),
+        model_config=SimpleNamespace(dtype=torch.bfloat16),
+    )
+    asked = {"distributed_executor_backend": "uni", "max_num_seqs": 128, "dtype": "bfloat16", "other": 1}
+    # kept values, values of another type (a dtype given as text) and unknown names are not flagged
+    assert overridden_args(resolved, asked) == [("distributed_executor_backend", "uni", "mp")]

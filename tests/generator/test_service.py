@@ -183,6 +183,7 @@ def test_sigkill_mid_batch_every_item_comes_back_once(cluster: Cluster) -> None:
     killed_at = time.monotonic()
     held_when_killed = set(dispatcher.held_by("gen-a"))
     victim.process.wait(10)
+    victim.stop()  # the engine processes it left behind
     ids = {i.id for i in items}
     wait(cluster, lambda: ids <= dispatcher.log.accepted.keys(), 180, "all items back after the kill")
 

@@ -137,7 +137,9 @@ def test_fetcher_downloads_in_the_background_and_keeps_the_newest(publisher: Scr
         got = as_dict(result)
         result.close()
         assert torch.equal(got["model.embed_tokens.weight"], tensors["model.embed_tokens.weight"] * 2)
-        assert fetcher.take(1) is None
+        # work that still needs the older version hears at once that it will not come
+        superseded = fetcher.take(1)
+        assert isinstance(superseded, FetchError) and superseded.code == "superseded"
     finally:
         fetcher.close()
     assert leftover_files(1) == [] and leftover_files(2) == []

@@ -18,8 +18,9 @@ from generator.config import GeneratorConfig
 from generator.engine import Finished, Sample
 from generator.worker import Worker
 from proto.judge import JudgeRequest, Verdict
+from proto.weights import WeightAnnounce
 from proto.work import WorkCancel
-from tests.generator.scripted import ScriptedDispatcher, ScriptedJudge, correct, math_item
+from tests.generator.scripted import ScriptedDispatcher, ScriptedJudge, ScriptedPublisher, correct, math_item
 
 
 class StubEngine:
@@ -194,6 +195,31 @@ def test_stale_and_surplus_items_are_handed_back(tmp_path: Path, dispatcher: Scr
     finally:
         worker.close()
         judge.close()
+
+
+def test_work_for_a_version_already_superseded_is_handed_back_at_once(
+    tmp_path: Path, dispatcher: ScriptedDispatcher
+) -> None:
+    """Work issued just before the next version was announced needs weights that the publisher
+    no longer serves: it goes back to be issued again, instead of waiting out its lease."""
+    judge = ScriptedJudge(correct)
+    publisher = ScriptedPublisher()  # serves no version: v1 is gone, v2 not yet there
+    worker = make_worker(tmp_path, dispatcher, judge, StubEngine(version=0))
+    try:
+        drive(worker, lambda: dispatcher.credits.get("g") == 4)
+        dispatcher.push(WeightAnnounce(version=2, num_tensors=1, total_bytes=8, address=publisher.address))
+        drive(worker, lambda: worker.announce is not None)
+        dispatcher.add([math_item("w1", version=1), math_item("w2", version=1)])
+        drive(worker, lambda: sum(len(a.work_ids) for a in dispatcher.log.aborted) >= 2, timeout_s=5)
+        # (this dispatcher issues them again as they were, so they may come back more than once)
+        assert {(tuple(a.work_ids), a.reason.split(": ")[1]) for a in dispatcher.log.aborted} == {
+            (("w1", "w2"), "superseded")
+        }
+        assert dispatcher.log.groups == []
+    finally:
+        worker.close()
+        judge.close()
+        publisher.close()
 
 
 def test_samples_labelled_with_another_version_are_never_returned(

@@ -142,3 +142,13 @@ def session_leftovers(sessions: set[int], grace_s: float = 10.0) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
+
+
+def warnings(run_dir: Path, last: int = 30) -> str:
+    """The last warnings and errors the components logged: what a failed assertion shows."""
+    lines = []
+    for log_file in sorted((run_dir / "logs").glob("*.log")):
+        for line in log_file.read_text(errors="replace").splitlines():
+            if '"level": "warning"' in line or '"level": "error"' in line:
+                lines.append(f"{log_file.stem}: {line[:400]}")
+    return "\n".join(lines[-last:])

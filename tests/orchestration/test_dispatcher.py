@@ -177,3 +177,58 @@ def test_a_restarted_generator_gets_its_old_work_again_at_once(dispatcher: Dispa
         assert second.answer(item) == "accepted"
     assert len(dispatcher.take_batch(timeout_s=5)) == 4
     second.close()
+
+
+def test_work_a_heartbeat_does_not_list_is_issued_again_once_past_the_grace() -> None:
+    book = WorkLedger(Schedule(stages=[stage("m", steps=3, batch=4)], lease_s=600), [math_prompts(30)])
+    running = Dispatcher(book, reconcile_grace_s=0.5, limits=LIMITS).start()
+    gen = ScriptedGenerator(running.address, "g0")
+    try:
+        gen.credit(4)
+        items = gen.collect(4)
+        got, lost = items[:2], items[2:]  # as if the push of the last two had not arrived
+
+        def beat(work_ids: list[str]) -> None:
+            reply = gen.client.request(
+                Heartbeat(sender="g0", role="generator", time=time.time(), work_ids=work_ids)
+            )
+            assert isinstance(reply, Ack)
+
+        beat([i.id for i in got])  # within the grace: the pushes may still be on their way
+        assert gen.collect(None, timeout_s=0.2) == [] and not gen.pushed
+        time.sleep(0.5)
+        beat([i.id for i in items])  # everything listed: nothing to do
+        beat([i.id for i in got])  # past the grace, two missing: withdrawn and issued again
+        gen.collect(None, timeout_s=0.3)
+        cancels = [m for m in gen.pushed if isinstance(m, WorkCancel)]
+        assert sorted(w for c in cancels for w in c.work_ids) == sorted(i.id for i in lost)
+        assert running.counts()["unknown_to_generator"] == 2
+        gen.credit(2)
+        again = gen.collect(2)
+        assert sorted(i.id for i in again) == sorted(i.id for i in lost) and {i.attempt for i in again} == {1}
+        for item in got + again:
+            assert gen.answer(item) == "accepted"
+        assert len(running.take_batch(timeout_s=5)) == 4
+        beat([])  # a heartbeat without work ids (older senders) changes nothing either
+    finally:
+        gen.close()
+        running.stop()
+
+
+def test_a_reconnecting_generator_keeps_its_work_and_a_new_process_does_not(dispatcher: Dispatcher) -> None:
+    gen = ScriptedGenerator(dispatcher.address, "g0")
+    try:
+        hello = Hello(sender="g0", role="generator", host="h", pid=41)
+        gen.client.request(hello)
+        gen.credit(4)
+        held = gen.collect(4)
+        gen.client.request(hello)  # the same process again, after a silence: it still holds them
+        for item in held[:2]:
+            assert gen.answer(item) == "accepted"
+        gen.client.request(Hello(sender="g0", role="generator", host="h", pid=42))  # a new process
+        gen.collect(None, timeout_s=0.3)
+        cancels = [m for m in gen.pushed if isinstance(m, WorkCancel)]
+        assert sorted(w for c in cancels for w in c.work_ids) == sorted(i.id for i in held[2:])
+        assert gen.answer(held[2]) == "late"
+    finally:
+        gen.close()
