@@ -113,6 +113,9 @@ class Worker:
         now = time.monotonic()
         self.last_heard = now
         self.last_heartbeat = float("-inf")
+        # When the first heartbeat still unanswered was sent. Silence counts from there, not from
+        # the last message heard: a long engine step sends nothing, so it is not the learner's.
+        self.unanswered_since: float | None = None
         self.stop_deadline: float | None = None
         self._signal: str | None = None
         self.counts: dict[str, int] = {"groups": 0, "aborted": 0, "cancelled": 0, "weight_loads": 0}
@@ -210,6 +213,7 @@ class Worker:
         reply = self.dispatcher.recv(timeout_ms)
         while reply is not None:
             self.last_heard = time.monotonic()
+            self.unanswered_since = None
             if not self.session_open:
                 self.session_open = True
                 self.outstanding_credits = 0
@@ -280,15 +284,19 @@ class Worker:
         return [message.work_id] if isinstance(message, RolloutGroup) else list(message.work_ids)
 
     def _keep_alive(self, now: float) -> None:
-        # Take in what arrived meanwhile first: after a long engine step, the answers waiting in
-        # the socket show the learner is there, and the heartbeat lists the work just received.
+        # Take in what arrived meanwhile first: the heartbeat lists the work just received.
         self._pump_dispatcher(0)
-        if self.session_open and now - self.last_heard > self.cfg.learner_timeout_s:
-            log.warning("learner_lost", silent_s=round(now - self.last_heard, 1))
+        waited = 0.0 if self.unanswered_since is None else now - self.unanswered_since
+        if self.session_open and waited > self.cfg.learner_timeout_s:
+            log.warning(
+                "learner_lost", silent_s=round(now - self.last_heard, 1), unanswered_s=round(waited, 1)
+            )
             self.session_open = False
             self.outstanding_credits = 0
         if now - self.last_heartbeat < self.cfg.heartbeat_s:
             return
+        if self.unanswered_since is None:
+            self.unanswered_since = now
         if not self.session_open:
             self._hello()  # the dispatcher may have restarted and forgotten this generator
         self._send(

@@ -179,6 +179,35 @@ def test_a_rollout_is_resent_until_acknowledged(tmp_path: Path, dispatcher: Scri
         judge.close()
 
 
+def test_a_long_engine_step_is_not_taken_for_a_lost_learner(
+    tmp_path: Path, dispatcher: ScriptedDispatcher
+) -> None:
+    """Nothing is sent during a step longer than learner_timeout_s (2 s here), so nothing can be
+    answered: the generator must not reconnect afterwards, and keeps its work."""
+    judge = ScriptedJudge(correct)
+    engine = StubEngine()
+    stalls = [2.5]
+    plain_step = engine.step
+
+    def stalling_step() -> list[Finished]:
+        if stalls:
+            time.sleep(stalls.pop())
+        return plain_step()
+
+    engine.step = stalling_step  # type: ignore[method-assign]
+    worker = make_worker(tmp_path, dispatcher, judge, engine)
+    try:
+        dispatcher.add([math_item("w1")])
+        drive(worker, lambda: "w1" in dispatcher.log.accepted and not worker.held)
+        beats = len(dispatcher.log.heartbeats)
+        drive(worker, lambda: len(dispatcher.log.heartbeats) >= beats + 3)  # connected afterwards
+        assert not stalls and len(dispatcher.log.hellos) == 1
+        assert dispatcher.log.aborted == []
+    finally:
+        worker.close()
+        judge.close()
+
+
 def test_stale_and_surplus_items_are_handed_back(tmp_path: Path, dispatcher: ScriptedDispatcher) -> None:
     judge = ScriptedJudge(correct)
     engine = StubEngine(version=3)
