@@ -419,6 +419,8 @@ class Worker:
             self._abort(stale, f"stale version: v{target} is required now")
         if loading is not None and loading != target:
             self.engine.abandon_load()
+        if self.announce is None and not self.cfg.weights:
+            return False  # nothing says yet where the weights are served: the announcement will
         announce = self.announce if self.announce is not None and self.announce.version == target else None
         self.fetcher.want(target, self._weights_address(announce), announce)
         result = self.fetcher.take(target)

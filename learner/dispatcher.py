@@ -64,6 +64,7 @@ class Dispatcher:
         self.announcement: WeightAnnounce | None = None
         self.eval_round: EvalRound | None = None
         self._outbox: list[tuple[str, Message]] = []
+        self._failed_pushes: set[int] = set()  # messages in the outbox whose push failed once
         self._changed = threading.Condition()
         self._stop = threading.Event()
         # Bound here so that a bad address fails in the caller; used only by the thread below.
@@ -270,8 +271,22 @@ class Dispatcher:
                 self._outbox.append((generator_id, WorkCancel(work_ids=work_ids, reason=reason)))
 
     def _flush(self) -> None:
+        """Send what is queued. A push that fails (the generator's connection is down, or it is
+        reconnecting) is tried again on the next turn, and so is everything queued after it for
+        that generator, so that an announcement still arrives before the work that needs it.
+        What a generator was still owed when it is dropped as lost goes with it."""
+        kept: list[tuple[str, Message]] = []
+        blocked: set[str] = set()
         for generator_id, message in self._outbox:
             seen = self.generators.get(generator_id)
-            if seen is not None and not self._server.send(seen.peer, message):
-                log.warning("push_failed", generator=generator_id, type=message.TYPE)
-        self._outbox.clear()
+            if seen is None:
+                continue
+            if generator_id not in blocked and self._server.send(seen.peer, message):
+                continue
+            if generator_id not in blocked and id(message) not in self._failed_pushes:
+                log.warning("push_failed", generator=generator_id, type=message.TYPE, retried=True)
+                self._failed_pushes.add(id(message))
+            blocked.add(generator_id)
+            kept.append((generator_id, message))
+        self._outbox = kept
+        self._failed_pushes &= {id(message) for _, message in kept}

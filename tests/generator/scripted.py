@@ -256,12 +256,14 @@ class ScriptedDispatcher:
                     self._handle(request.peer, request.message)
                     self.server.reply(request, Ack())
                 self._expire()
-                self._issue()
+                # pushes first: an announcement goes out before the work that needs its version,
+                # as the learner's dispatcher sends them
                 while self._pushes:
                     generator_id, message = self._pushes.popleft()
                     targets = list(self.peers) if generator_id is None else [generator_id]
                     for target in targets:
                         self.server.send(self.peers[target], message)
+                self._issue()
 
     def _handle(self, peer: bytes, message: Message) -> None:
         if isinstance(message, Hello):

@@ -144,11 +144,13 @@ def test_groups_come_back_with_the_judges_verdicts(cluster: Cluster) -> None:
 
 def test_a_new_version_aborts_stale_work_and_tags_later_groups(cluster: Cluster) -> None:
     dispatcher = cluster.dispatcher
+    # the new version is ready before the old work goes out: it must still be sampling when
+    # the new work arrives, and 8 x 480 tokens of the tiny model take about a second
+    tensors = perturbed(model_tensors(cluster.model_dir), seed=1)
+    announce: WeightAnnounce = cluster.publisher.publish(1, tensor_chunks(1, tensors, chunk_bytes=256 * 1024))
     old = [math_item(f"old{i}", n=8, max_tokens=480, version=0) for i in range(2)]
     dispatcher.add(old)
     wait(cluster, lambda: all(i.id in dispatcher.leases for i in old), 30, "old items issued")
-    tensors = perturbed(model_tensors(cluster.model_dir), seed=1)
-    announce: WeightAnnounce = cluster.publisher.publish(1, tensor_chunks(1, tensors, chunk_bytes=256 * 1024))
     with dispatcher._lock:
         dispatcher.current_version = 1
         dispatcher.push(announce)
@@ -159,7 +161,8 @@ def test_a_new_version_aborts_stale_work_and_tags_later_groups(cluster: Cluster)
     log = dispatcher.log
     assert log.twice == [] and log.mismatched == []
     stale = {w for a in log.aborted if a.reason.startswith("stale version") for w in a.work_ids}
-    assert {i.id for i in old} <= stale, "the old items were not aborted when version 1 was required"
+    reasons = [(a.generator_id, a.work_ids, a.reason) for a in log.aborted]
+    assert {i.id for i in old} <= stale, f"the old items were not aborted when v1 was required: {reasons}"
     for work_id in ids:
         assert log.accepted[work_id].policy_version == 1
     assert all(g.policy_version == 0 for g in log.groups if g.work_id.startswith("old") and g.attempt == 0)

@@ -1,4 +1,4 @@
-"""Running `launch/supervisor.py` from a test: a scaled-down tiny recipe, the supervisor as a child
+"""Running `launch/all.sh` from a test: a scaled-down tiny recipe, the supervisor as a child
 process, and what its run directory holds afterwards."""
 
 from __future__ import annotations
@@ -48,12 +48,15 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
 
 
 class SupervisorRun:
-    """`launch/supervisor.py ARGS` as a child process, with what a test needs to watch and poke it."""
+    """`launch/all.sh ARGS` as a child process, with what a test needs to watch and poke it.
+
+    all.sh checks the set-up (a fraction of a second once done) and then execs the supervisor,
+    so the child's pid is the supervisor's and signals reach it directly."""
 
     def __init__(self, run_dir: Path, *args: str) -> None:
         self.run_dir = run_dir
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "launch/supervisor.py"), *args],
+            [str(ROOT / "launch/all.sh"), *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,4 @@
-"""The main job end to end: `launch/supervisor.py` (what launch/all.sh runs) with the real judge,
+"""The main job end to end: `launch/all.sh` (the supervisor, launch/supervisor.py) with the real judge,
 real vLLM generators and the real DeepSpeed learner on a scaled-down tiny recipe. A generator is
 SIGKILLed mid-run, then the judge: the run still completes, both are restarted, no prompt is lost
 or trained twice, and nothing is trained with a reward the judge did not give."""

@@ -232,3 +232,24 @@ def test_a_reconnecting_generator_keeps_its_work_and_a_new_process_does_not(disp
         assert gen.answer(held[2]) == "late"
     finally:
         gen.close()
+
+
+def test_a_push_that_fails_is_sent_again_once_the_generator_is_back(dispatcher: Dispatcher) -> None:
+    gone = ScriptedGenerator(dispatcher.address, "g0")
+    gone.close()  # its connection drops; the dispatcher still counts it as a generator
+    time.sleep(0.3)
+    announcement = WeightAnnounce(version=1, num_tensors=3, total_bytes=100, address="tcp://127.0.0.1:1")
+    dispatcher.publish(announcement)  # pushed to nobody: kept
+    time.sleep(0.3)
+    back = Client(dispatcher.address, limits=LIMITS, identity="g0")  # the same generator, reconnected
+    try:
+        assert isinstance(back.request(Heartbeat(sender="g0", role="generator", time=0.0)), Ack)
+        deadline = time.monotonic() + 5
+        pushed = []
+        while not pushed and time.monotonic() < deadline:
+            reply = back.recv(timeout_ms=100)
+            if reply is not None:
+                pushed.append(reply.message)
+        assert pushed == [announcement]
+    finally:
+        back.close()
