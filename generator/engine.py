@@ -342,6 +342,7 @@ class Engine:
 
 
 _CONFIG_SECTIONS = ("parallel_config", "scheduler_config", "model_config", "cache_config", "load_config")
+_PLAIN = (str, int, float, bool)  # values compared as given; others (a dtype given as text) are not
 
 
 def overridden_args(vllm_config: Any, args: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -353,8 +354,7 @@ def overridden_args(vllm_config: Any, args: dict[str, Any]) -> list[tuple[str, A
             if part is None or not hasattr(part, name):
                 continue
             used = getattr(part, name)
-            plain = (str, int, float, bool)
-            if isinstance(asked, plain) and isinstance(used, plain) and used != asked:
+            if isinstance(asked, _PLAIN) and isinstance(used, _PLAIN) and used != asked:
                 changed.append((name, asked, used))
             break
     return changed

@@ -284,8 +284,11 @@ class Worker:
         return [message.work_id] if isinstance(message, RolloutGroup) else list(message.work_ids)
 
     def _keep_alive(self, now: float) -> None:
-        # Take in what arrived meanwhile first: the heartbeat lists the work just received.
-        self._pump_dispatcher(0)
+        due = now - self.last_heartbeat >= self.cfg.heartbeat_s
+        if due or self.unanswered_since is not None:
+            # Take in what arrived during the engine step first: an answer to the heartbeat
+            # (then the learner is there), and work the next heartbeat must list.
+            self._pump_dispatcher(0)
         waited = 0.0 if self.unanswered_since is None else now - self.unanswered_since
         if self.session_open and waited > self.cfg.learner_timeout_s:
             log.warning(
@@ -293,7 +296,7 @@ class Worker:
             )
             self.session_open = False
             self.outstanding_credits = 0
-        if now - self.last_heartbeat < self.cfg.heartbeat_s:
+        if not due:
             return
         if self.unanswered_since is None:
             self.unanswered_since = now

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ from proto.weights import WeightAnnounce
 from proto.work import Credit, WorkBatch, WorkCancel
 
 log = structlog.get_logger("learner.dispatcher")
+
+RETRY_PUSH_S = 1.0  # a push that failed is tried again this often, until the generator is lost
 
 
 @dataclass
@@ -64,7 +67,8 @@ class Dispatcher:
         self.announcement: WeightAnnounce | None = None
         self.eval_round: EvalRound | None = None
         self._outbox: list[tuple[str, Message]] = []
-        self._failed_pushes: set[int] = set()  # messages in the outbox whose push failed once
+        self._unsent: list[tuple[str, Message]] = []  # pushes that failed, oldest first
+        self._retry_at = 0.0
         self._changed = threading.Condition()
         self._stop = threading.Event()
         # Bound here so that a bad address fails in the caller; used only by the thread below.
@@ -199,13 +203,28 @@ class Dispatcher:
             else:
                 detail = self.ledger.accept(message)
         elif isinstance(message, WorkAborted):
-            released = self.ledger.release(message.work_ids, sender)
-            if self.eval_round is not None:
-                released += self.eval_round.release(message.work_ids, sender)
+            released = sum(book.release(message.work_ids, sender) for book in self._books())
             detail = f"released {released}"
         elif isinstance(message, Heartbeat) and message.work_ids is not None and seen is not None:
             self._reconcile(sender, set(message.work_ids))
         self._server.reply(request, Ack(detail=detail))
+
+    def _books(self) -> list[WorkLedger | EvalRound]:
+        """Where leases are kept: the training ledger, and the evaluation round while one runs."""
+        return [self.ledger] if self.eval_round is None else [self.ledger, self.eval_round]
+
+    def _take_back(
+        self, generator_id: str, pick: Callable[[WorkLedger | EvalRound], list[str]], reason: str
+    ) -> list[str]:
+        """End the leases `pick` chooses in each book: the work goes out again, and the generator
+        is told to drop whatever of it it may still hold."""
+        ended = []
+        for book in self._books():
+            chosen = pick(book)
+            book.release(chosen, generator_id)
+            ended += chosen
+        self._queue_cancels({generator_id: ended}, reason)
+        return ended
 
     def _reconcile(self, generator_id: str, held: set[str]) -> None:
         """Re-issue now the work leased to `generator_id` that it says it never got.
@@ -214,34 +233,28 @@ class Dispatcher:
         needs it. Should the lost push turn up after all, the cancel sent here withdraws it.
         """
         grace = self.reconcile_grace_s
-        unknown = self.ledger.leases.unknown_to(generator_id, held, self.ledger.clock() - grace)
-        released = self.ledger.release(unknown, generator_id)
-        if self.eval_round is not None:
-            evaluation = self.eval_round
-            unknown_eval = evaluation.leases.unknown_to(generator_id, held, evaluation.clock() - grace)
-            released += evaluation.release(unknown_eval, generator_id)
-            unknown += unknown_eval
-        if released:
-            self.ledger.counts["unknown_to_generator"] += released
+        unknown = self._take_back(
+            generator_id,
+            lambda book: book.leases.unknown_to(generator_id, held, book.clock() - grace),
+            "never received",
+        )
+        if unknown:
+            self.ledger.counts["unknown_to_generator"] += len(unknown)
             log.warning(
-                "leases_unknown_to_generator", generator=generator_id, work_ids=unknown[:10], count=released
+                "leases_unknown_to_generator",
+                generator=generator_id,
+                work_ids=unknown[:10],
+                count=len(unknown),
             )
-            self._queue_cancels({generator_id: unknown}, "never received")
 
     def _release_all(self, generator_id: str) -> None:
         """A Hello starts a generator afresh (a restarted process holds nothing): what its id held
         goes out again now rather than when its leases run out."""
-        held = [w for w, lease in self.ledger.leases.items() if lease.generator_id == generator_id]
-        released = self.ledger.release(held, generator_id)
-        if self.eval_round is not None:
-            held_eval = [
-                w for w, lease in self.eval_round.leases.items() if lease.generator_id == generator_id
-            ]
-            released += self.eval_round.release(held_eval, generator_id)
-            held += held_eval
-        if released:
-            log.warning("generator_restarted", generator=generator_id, released=released)
-            self._queue_cancels({generator_id: held}, "generator restarted")
+        held = self._take_back(
+            generator_id, lambda book: book.leases.held_by(generator_id), "generator restarted"
+        )
+        if held:
+            log.warning("generator_restarted", generator=generator_id, released=len(held))
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -253,9 +266,8 @@ class Dispatcher:
                 silent_s=round(now - self.generators[generator_id].last_seen, 1),
             )
             del self.generators[generator_id]
-        self._queue_cancels(self.ledger.expire(lost), "lease expired")
-        if self.eval_round is not None:
-            self._queue_cancels(self.eval_round.expire(lost), "lease expired")
+        for book in self._books():
+            self._queue_cancels(book.expire(lost), "lease expired")
         for generator_id, seen in self.generators.items():
             if seen.credits <= 0:
                 continue
@@ -272,21 +284,24 @@ class Dispatcher:
 
     def _flush(self) -> None:
         """Send what is queued. A push that fails (the generator's connection is down, or it is
-        reconnecting) is tried again on the next turn, and so is everything queued after it for
-        that generator, so that an announcement still arrives before the work that needs it.
-        What a generator was still owed when it is dropped as lost goes with it."""
-        kept: list[tuple[str, Message]] = []
-        blocked: set[str] = set()
-        for generator_id, message in self._outbox:
+        reconnecting) is tried again every RETRY_PUSH_S, and everything queued after it for that
+        generator waits behind it, so that an announcement still arrives before the work that
+        needs it. What a generator was still owed when it is dropped as lost goes with it."""
+        now = time.monotonic()
+        queue, tried = self._unsent + self._outbox, len(self._unsent)  # queue[tried:]: new ones
+        waiting = {g for g, _ in self._unsent} if now < self._retry_at else set()
+        self._unsent, self._outbox = [], []
+        for index, (generator_id, message) in enumerate(queue):
             seen = self.generators.get(generator_id)
             if seen is None:
                 continue
-            if generator_id not in blocked and self._server.send(seen.peer, message):
-                continue
-            if generator_id not in blocked and id(message) not in self._failed_pushes:
-                log.warning("push_failed", generator=generator_id, type=message.TYPE, retried=True)
-                self._failed_pushes.add(id(message))
-            blocked.add(generator_id)
-            kept.append((generator_id, message))
-        self._outbox = kept
-        self._failed_pushes &= {id(message) for _, message in kept}
+            if generator_id not in waiting:
+                if self._server.send(seen.peer, message):
+                    continue
+                if index >= tried:
+                    log.warning(
+                        "push_failed", generator=generator_id, type=message.TYPE, retry_s=RETRY_PUSH_S
+                    )
+                waiting.add(generator_id)
+                self._retry_at = now + RETRY_PUSH_S
+            self._unsent.append((generator_id, message))

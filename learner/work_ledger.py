@@ -48,6 +48,9 @@ class Leases(dict[str, Lease]):
             del self[chosen]
         return ended
 
+    def held_by(self, generator_id: str) -> list[str]:
+        return [chosen for chosen, lease in self.items() if lease.generator_id == generator_id]
+
     def unknown_to(self, generator_id: str, held: set[str], issued_before: float) -> list[str]:
         """Leases of `generator_id` issued before `issued_before` for work it says it does not hold."""
         return [
