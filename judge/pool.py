@@ -6,8 +6,11 @@ waiting behind it goes back to the front of the queue. Workers are forked from a
 that has math-verify loaded, so a replacement is ready in milliseconds.
 
 Math tasks are short, so a worker busy with a math task may be handed a second one to start as
-soon as it answers: it never sits idle waiting for the daemon's loop. Code tasks are never queued
-behind another task on a worker, so a slow submission does not hold up a free worker's work.
+soon as it answers: it never sits idle waiting for the daemon's loop. Only a small one, though: a
+busy worker reads nothing until its task ends, so the second task must fit in the pipe, or the
+daemon's loop would block on the send and could no longer kill that worker at its deadline. Code
+tasks are never queued behind another task on a worker, so a slow submission does not hold up a
+free worker's work.
 
 Not thread-safe: one thread (the daemon's loop, or the check command) owns the pool.
 """
@@ -18,11 +21,14 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 
 import structlog
 
@@ -35,6 +41,12 @@ log = structlog.get_logger("judge.pool")
 
 START_TIMEOUT_S = 60.0
 SPAWN_PAUSE_S = 0.5  # after a worker dies at once, before the next try (no fork loop)
+# A task handed to a busy worker waits in the pipe, whose kernel buffer holds about 200 KiB (and
+# nothing else then: the worker has read the message of its running task).
+QUEUED_MAX_BYTES = 64 << 10
+# A worker that reads nothing for this long fails the send (it is then replaced); longer than an
+# idle worker can spend collecting old jails (killing one waits up to 5 s).
+SEND_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -77,6 +89,7 @@ class WorkerPool:
     # ---- workers -------------------------------------------------------------------------
     def _spawn(self) -> None:
         parent, child = self._context.Pipe(duplex=True)
+        _bound_sends(parent, SEND_TIMEOUT_S)
         process = self._context.Process(
             target=worker_main,
             args=(child, self.config.sandbox, self.cgroups, self.config.worker_memory_mb),
@@ -123,7 +136,7 @@ class WorkerPool:
         idle = [worker for worker in self._workers if worker.ready and not worker.tasks]
         if idle:
             return idle[0]
-        if request.kind == "math":
+        if request.kind == "math" and _fits_in_pipe(request):
             for worker in self._workers:
                 if worker.ready and len(worker.tasks) == 1 and worker.tasks[0].request.kind == "math":
                     return worker
@@ -241,6 +254,25 @@ class WorkerPool:
             worker.process.join(1)
             worker.connection.close()
         self._workers.clear()
+
+
+def _fits_in_pipe(request: JudgeRequest) -> bool:
+    """Whether the message carrying `request` to a worker is at most QUEUED_MAX_BYTES long."""
+    if len(request.response) + len(request.answer or "") > QUEUED_MAX_BYTES:
+        return False  # every character takes at least a byte: no need to pickle it to know
+    return len(ForkingPickler.dumps(("judge", 0, request))) <= QUEUED_MAX_BYTES
+
+
+def _bound_sends(connection: Connection, timeout_s: float) -> None:
+    """Make a send that makes no progress for `timeout_s` fail (EAGAIN) rather than block forever.
+
+    SO_SNDTIMEO, not a socket timeout: the descriptor must stay blocking, or a send could stop
+    halfway through a message.
+    """
+    seconds = int(timeout_s)
+    timeval = struct.pack("ll", seconds, int((timeout_s - seconds) * 1e6))
+    with socket.socket(fileno=os.dup(connection.fileno())) as sock:  # the same socket, closed alone
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _deadline_outcome(task: Task) -> Outcome:

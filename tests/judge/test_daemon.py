@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -160,6 +162,84 @@ def test_math_that_hangs_times_out_and_the_worker_is_replaced(daemon: LiveDaemon
         assert verdicts[ident].status in allowed, verdicts[ident]
     assert "math-verify took longer than 3 s" in verdicts["tower"].detail
     assert any("worker_replaced" in line and "deadline" in line for line in daemon.log)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live (not zombie) processes below `pid`: a daemon's forkserver, workers and jails."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                state, ppid = stat.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != b"Z":
+            parents[int(entry)] = int(ppid)
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _still_running(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as stat:
+                    if stat.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                        running.append(pid)
+            except OSError:
+                continue
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_large_math_request_behind_a_hanging_one_does_not_block_the_daemon(tmp_path: Path) -> None:
+    """The only worker hangs in math-verify. A request too large for the worker's pipe must wait in
+    the daemon's queue, not in a send to that worker: a send blocked until the worker reads would
+    stop the daemon's loop, which then never kills the worker at its deadline (the worker spins on,
+    even after the daemon is gone)."""
+    live = LiveDaemon(f"ipc://{tmp_path}/stacked.ipc", "--workers", "1", "--math-timeout-s", "2")
+    live.wait_serving()
+    raw = Client(live.address)
+    replies: dict[bytes, object] = {}
+    try:
+        started = time.monotonic()
+        hanging = raw.send(math_request("\\boxed{9^{9^{9^{9}}}}", "5", "tower"))
+        thinking = "<think>" + "x" * (2 << 20) + "</think>\\boxed{2}"  # ten times a pipe's buffer
+        large = raw.send(math_request(thinking, "2", "large"))
+        while len(replies) < 2 and time.monotonic() - started < 20:
+            reply = raw.recv(1000)
+            if reply is not None:
+                replies[reply.request_id] = reply.message
+        took = time.monotonic() - started
+    finally:
+        raw.close()
+        below = _descendants(live.process.pid)
+        live.process.terminate()
+        try:
+            code = live.process.wait(10)
+        except subprocess.TimeoutExpired:
+            live.process.kill()
+            code = live.process.wait(5)
+        stray = _still_running(below, 5.0)
+        for pid in stray:  # the daemon's own workers, left spinning: never leave them behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    statuses = {ident: getattr(message, "status", message) for ident, message in replies.items()}
+    assert statuses == {hanging: "timeout", large: "correct"}, f"after {took:.1f} s: {statuses}"
+    assert took < 15
+    assert code == 0, "the daemon did not stop on SIGTERM"
+    assert not stray, f"processes of the daemon left running: {stray}"
 
 
 @pytest.mark.slow
