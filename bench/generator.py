@@ -2,13 +2,16 @@
 
 1. Throughput: the same prompts (same seeds and sampling parameters, log-probabilities on) go
    through a `python -m generator` process (scripted dispatcher over tcp, the real judge daemon)
-   and through `vllm.LLM.generate` in this process, alternately, in the same run. The service's
-   time runs from handing out the work to the last acknowledged rollout group, judging included.
+   and through `vllm.LLM.generate` in this process, alternately (each first every other round),
+   in the same run; best round against best round. The service's time runs from handing out the
+   work to the last acknowledged rollout group, judging included.
 2. Weight update: the real learner weight publisher publishes version v+1 of the model the
    generator serves; the dispatcher pushes the announcement and one work item of version v+1
    together. Timed: announcement -> the first rollout group of version v+1 at the dispatcher.
-   Against it: one raw zmq send of the same bytes over tcp loopback. For the tiny model and for a
-   ~100M-parameter Qwen2 built locally (learner.tiny_model, larger hidden size and depth).
+   Against it: one raw zmq send of the same bytes over tcp loopback, right before each update,
+   with the generator up (best against best). For the tiny model and for a ~100M-parameter Qwen2
+   built locally (learner.tiny_model, larger hidden size and depth). The first update of a
+   generator also faults in the pages of its weight file: it is printed, the best one is compared.
 
 Run: `python -m bench.generator` (about 5 minutes on 2 cores). Last line:
     generator: throughput_ratio=... weight_update_s=... weight_update_ratio=...
@@ -215,15 +218,23 @@ def bench_throughput(
         seed=0, logprobs_mode="processed_logprobs", enable_chunked_prefill=False,  # as the generator on CPU
     )  # fmt: skip
     service_rates, plain_rates = [], []
-    for round_index in range(args.rounds):
-        items = work(f"t{round_index}", args.prompts, args.n, args.max_tokens)
+
+    def own_cpu() -> float:  # this process and its engine, without the generator and judge
+        return tree_cpu_seconds(os.getpid()) - tree_cpu_seconds(generator) - tree_cpu_seconds(judge)
+
+    def service(items: list[WorkItem]) -> str:
         cpu_before = tree_cpu_seconds(generator), tree_cpu_seconds(judge)
         start, end = dispatcher.run(items, 600)
         cpu_after = tree_cpu_seconds(generator), tree_cpu_seconds(judge)
         used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
         tokens = completion_tokens(dispatcher, items)
-        service_wall = end - start
-        service_rates.append(tokens / service_wall)
+        service_rates.append(tokens / (end - start))
+        return (
+            f"service {tokens} tokens {service_rates[-1]:8.0f} tok/s "
+            f"(wall {end - start:.2f} s; CPU s: generator {used[0]:.1f}, judge {used[1]:.1f})"
+        )
+
+    def plain(items: list[WorkItem]) -> str:
         prompts = []
         params = []
         for item in items:
@@ -239,25 +250,24 @@ def bench_throughput(
                     logprobs=0, skip_special_tokens=False,
                 )
             )  # fmt: skip
-
-        def own_cpu() -> float:  # this process and its engine, without the generator and judge
-            return tree_cpu_seconds(os.getpid()) - tree_cpu_seconds(generator) - tree_cpu_seconds(judge)
-
-        cpu_before_plain = own_cpu()
+        cpu_before = own_cpu()
         start = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
-        plain_cpu = own_cpu() - cpu_before_plain
-        plain_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-        plain_rates.append(plain_tokens / elapsed)
-        print(
-            f"   round {round_index}: service {tokens} tokens {service_rates[-1]:8.0f} tok/s "
-            f"(wall {service_wall:.2f} s; CPU s: generator {used[0]:.1f}, judge {used[1]:.1f}) | "
-            f"vllm.LLM.generate {plain_tokens} tokens {plain_rates[-1]:8.0f} tok/s "
-            f"(wall {elapsed:.2f} s; CPU s {plain_cpu:.1f})"
+        tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+        plain_rates.append(tokens / elapsed)
+        return (
+            f"vllm.LLM.generate {tokens} tokens {plain_rates[-1]:8.0f} tok/s "
+            f"(wall {elapsed:.2f} s; CPU s {own_cpu() - cpu_before:.1f})"
         )
+
+    for round_index in range(args.rounds):
+        items = work(f"t{round_index}", args.prompts, args.n, args.max_tokens)
+        # Each goes first every other round: neither always runs on a machine just warmed up.
+        first, second = (service, plain) if round_index % 2 == 0 else (plain, service)
+        said = {first: first(items), second: second(items)}
+        print(f"   round {round_index}: {said[service]} | {said[plain]}")
     llm.llm_engine.engine_core.shutdown()
-    del llm
     ratio = max(service_rates) / max(plain_rates)
     print(
         f"throughput ({args.prompts} prompts x n={args.n}, <= {args.max_tokens} tokens, "
@@ -267,7 +277,7 @@ def bench_throughput(
     return ratio
 
 
-def raw_send_s(total_bytes: int, repeats: int = 3) -> float:
+def raw_send_s(total_bytes: int, repeats: int = 5) -> float:
     """One zmq message with all the bytes, PAIR over tcp loopback, zero-copy send; best of `repeats`."""
     blob = bytearray(total_bytes)
     context = zmq.Context()
@@ -305,12 +315,14 @@ def bench_weight_update(
     base = load_file(str(model / "model.safetensors"))
     total = sum(t.numel() * t.element_size() for t in base.values())
     params = sum(t.numel() for t in base.values())
-    raw_s = raw_send_s(total)
     times = []
     phases = []
+    raw_times = []
     dispatcher.run(work(f"warm-{model.name}", 1, 1, 4), 600)  # a serving engine is warm
     with WeightPublisher() as publisher:
         for version in range(1, updates + 1):
+            # side by side: the raw send runs right before each update, with the generator up
+            raw_times.append(raw_send_s(total))
             announce = publisher.publish(version, perturbed(base, version))
             (item,) = work(f"w{version}-{model.name}", 1, 1, 1, version=version)
             cpu_before = cpu_split(generator.pid)
@@ -325,13 +337,15 @@ def bench_weight_update(
                 f"CPU s: generator and its engine {cpu[0]:.2f}, publisher and dispatcher {cpu[1]:.2f}"
             )
     best = min(times)
+    raw_s = min(raw_times)
     print(
         f"weight update, {model.name} ({params / 1e6:.1f}M parameters, {total / 2**20:.1f} MiB): "
         f"announcement -> first v+1 group {', '.join(f'{t:.3f}' for t in times)} s "
         f"(last chunk in at {', '.join(f'{p.fetched:.3f}' for p in phases)} s; "
         f"loaded at {', '.join(f'{p.loaded:.3f}' for p in phases)} s; "
         f"first group {', '.join(f'{p.total - p.loaded:.3f}' for p in phases)} s after that); "
-        f"one raw zmq send {raw_s:.4f} s; ratio {best / raw_s:.2f}"
+        f"one raw zmq send {', '.join(f'{t:.3f}' for t in raw_times)} s; "
+        f"ratio {best / raw_s:.2f} (best to best)"
     )
     return best, raw_s
 
@@ -402,7 +416,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--updates", type=int, default=2, help="weight updates timed per model")
     parser.add_argument("--big-hidden", type=int, default=768)
     parser.add_argument("--big-layers", type=int, default=16)
