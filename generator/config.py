@@ -56,6 +56,11 @@ class GeneratorConfig(BaseModel):
     weight_path: Literal["auto", "shm", "ipc"] = Field(
         default="auto", description="shm: worker extension reload (CPU); ipc: vLLM's CUDA IPC engine"
     )
+    warm_reload: bool = Field(
+        default=True,
+        description="reload the model's own weights once at start, as updates load (shm path): "
+        "the first update is then no slower than the next",
+    )
     heartbeat_s: float = Field(default=2.0, gt=0)
     learner_timeout_s: float = Field(default=10.0, gt=0, description="silence before reconnecting")
     resend_s: float = Field(default=2.0, gt=0, description="resend a rollout not acknowledged in this time")

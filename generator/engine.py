@@ -27,7 +27,14 @@ from transformers import AutoTokenizer
 
 from generator.config import EngineConfig
 from generator.weight_loader import EngineLoader, WeightPath, engine_kwargs
-from generator.weight_set import Arrivals, TensorEntry, WeightSet
+from generator.weight_set import (
+    Arrivals,
+    TensorEntry,
+    UnsupportedDtype,
+    WeightFiles,
+    WeightSet,
+    read_safetensors,
+)
 from proto.work import SamplingParams as WorkSampling
 
 log = structlog.get_logger("generator.engine")
@@ -71,6 +78,7 @@ class Engine:
         import torch
         from vllm import LLM
 
+        self.model = model
         self.weight_path = weight_path
         enforce_eager = config.enforce_eager
         if enforce_eager is None:
@@ -331,6 +339,36 @@ class Engine:
             **{k: round(v, 3) for k, v in parts.items()},
         )
         return seconds
+
+    def warm_reload(self, files: WeightFiles) -> None:
+        """Reload the weights the engine started with, once, the way updates are loaded.
+
+        A generator's first update otherwise pays alone for what only a first reload costs: the
+        pages of a new weight file, the workers' mapping of it and their first allocations. The
+        file is then kept in `files` for the first update to write into. It also shows at start,
+        not at the first update, whether this model reloads in place.
+        """
+        paths = sorted(self.model.glob("*.safetensors"))
+        if not paths:
+            log.info("warm_reload_skipped", reason="no safetensors files in the model directory")
+            return
+        started = time.monotonic()
+        try:
+            weight_set = read_safetensors(paths, self.version, files)
+        except UnsupportedDtype as exc:
+            log.info("warm_reload_skipped", reason=str(exc))
+            return
+        try:
+            parts = self._loader.whole(weight_set)
+        finally:
+            weight_set.close()  # back into `files`, mapped
+        log.info(
+            "weights_warmed",
+            version=self.version,
+            bytes=weight_set.total_bytes,
+            seconds=round(time.monotonic() - started, 3),
+            **{k: round(v, 3) for k, v in parts.items()},
+        )
 
     def parameter_checksum(self) -> dict[str, float]:
         return self.llm.collective_rpc("acerl_parameter_checksum")[0]

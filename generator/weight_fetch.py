@@ -162,7 +162,7 @@ class WeightFetcher:
         self._wanted: tuple[int, str, WeightAnnounce | None] | None = None
         self._results: dict[int, WeightSet | FetchError] = {}
         self._arrivals: dict[int, Arrivals] = {}  # the current attempt of each version in transfer
-        self._files = WeightFiles(keep=1)
+        self.files = WeightFiles(keep=1)  # the file of the last version, kept for the next
         # Kept from one transfer to the next (a new one costs 20-30 ms); used by the fetch thread
         # only, of which at most one runs at a time.
         self._connection: tuple[str, Client] | None = None
@@ -235,7 +235,7 @@ class WeightFetcher:
                     chunk_timeout_s=self.chunk_timeout_s,
                     announce=announce,
                     cancelled=lambda v=version: self._superseded(v),
-                    files=self._files,
+                    files=self.files,
                     on_start=lambda arrivals: self._started(arrivals),
                     client=self._connection[1],
                 )
@@ -289,4 +289,4 @@ class WeightFetcher:
             thread.join(timeout=5)
         if thread is None or not thread.is_alive():
             self._drop_connection()
-        self._files.close()
+        self.files.close()

@@ -18,7 +18,7 @@ import mmap
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,3 +354,57 @@ class WeightSetWriter:
         """Drop a broken or abandoned transfer; its file goes once no loader reads it."""
         self.arrivals.end(failed=True)
         self.arrivals.when_unpinned(self._out.close)
+
+
+class UnsupportedDtype(ValueError):
+    """A tensor of a dtype that weight streams do not carry."""
+
+
+# safetensors' names of the dtypes a weight stream carries
+_SAFETENSORS_DTYPES = {
+    "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+    "I64": "int64", "I32": "int32", "U8": "uint8",
+}  # fmt: skip
+
+
+def read_safetensors(paths: Sequence[Path], version: int, files: WeightFiles | None = None) -> WeightSet:
+    """The tensors of safetensors files (a model directory's own) as a WeightSet of `version`.
+
+    They go through the same writer as a transfer, one chunk per tensor: the same layout, checks
+    and file reuse. Raises UnsupportedDtype before writing anything.
+    """
+    import torch
+    from safetensors import safe_open
+
+    dtypes: list[str] = []
+    total = 0
+    for path in paths:  # sizes first, from the headers: the file is made large enough at once
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                meta = handle.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(meta.get_dtype())
+                if dtype is None:
+                    raise UnsupportedDtype(f"{path.name}: {key} is {meta.get_dtype()}")
+                dtypes.append(dtype)
+                total += math.prod(meta.get_shape()) * DTYPE_BYTES[dtype]
+    if not dtypes:
+        raise WeightStreamError("the files hold no tensors")
+    sizes = WeightAnnounce(version=version, num_tensors=len(dtypes), total_bytes=total)
+    writer = WeightSetWriter(version, sizes, files)
+    try:
+        seq = 0
+        for path in paths:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118
+                    tensor = handle.get_tensor(key).contiguous()
+                    chunk = WeightChunk(
+                        version=version, seq=seq, name=key, dtype=dtypes[seq], shape=list(tensor.shape),
+                        offset=0, data=memoryview(tensor.reshape(-1).view(torch.uint8).numpy()),
+                        last=seq == len(dtypes) - 1,
+                    )  # fmt: skip
+                    writer.write(chunk)
+                    seq += 1
+        return writer.finish()
+    except BaseException:
+        writer.discard()
+        raise

@@ -129,6 +129,13 @@ class Worker:
         log.info(
             "generator_started", generator=self.id, learner=self.cfg.learner, version=self.engine.version
         )
+        if self.cfg.warm_reload and self.engine.partial_loads:
+            try:
+                self.engine.warm_reload(self.fetcher.files)
+            except Exception:
+                log.exception("warm_reload_failed")  # every update would fail the same way
+                self.close()
+                return 1
         self._hello()
         code = 0
         try:

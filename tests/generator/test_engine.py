@@ -23,7 +23,7 @@ from generator.config import EngineConfig, GeneratorConfig
 from generator.engine import Engine, PromptError, overridden_args
 from generator.rollout import rollout_group
 from generator.weight_fetch import fetch_weights
-from generator.weight_set import WeightSet, WeightSetWriter
+from generator.weight_set import WeightFiles, WeightSet, WeightSetWriter
 from generator.worker import Worker
 from proto.judge import Verdict
 from proto.work import SamplingParams
@@ -204,6 +204,29 @@ def _assert_matches(engine: Engine, expected: Expected) -> None:
     assert got_sums.keys() == sums.keys()
     for name, value in sums.items():
         assert got_sums[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+
+
+def test_reloading_its_own_weights_at_start_changes_nothing_and_keeps_the_file(
+    engine: Engine, tiny_model_dir: Path
+) -> None:
+    before = _probe(engine)
+    sums = engine.parameter_checksum()
+    files = WeightFiles(keep=1)
+    try:
+        engine.warm_reload(files)
+        kept = files.open(1)  # what the first update writes into
+        total = sum(t.numel() * t.element_size() for t in model_tensors(tiny_model_dir).values())
+        assert kept.capacity >= total
+        files.release(kept)
+    finally:
+        files.close()
+    assert engine.version == 0
+    after = _probe(engine)
+    assert [t for t, _, _ in after] == [t for t, _, _ in before]
+    assert all(labels == {"0"} for _, _, labels in after)
+    worst = max(float(np.max(np.abs(a - b))) for (_, a, _), (_, b, _) in zip(after, before, strict=True))
+    assert worst < 1e-6, f"logprobs moved by {worst:.2e}"
+    assert engine.parameter_checksum() == pytest.approx(sums, rel=1e-6, abs=1e-6)
 
 
 def test_weight_update_matches_a_fresh_engine_on_the_new_weights(

@@ -9,12 +9,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 from generator.weight_fetch import FetchError, WeightFetcher, fetch_weights
-from generator.weight_set import WeightSet, WeightSetWriter, file_prefix, remove_orphans
+from generator.weight_set import (
+    UnsupportedDtype,
+    WeightFiles,
+    WeightSet,
+    WeightSetWriter,
+    file_prefix,
+    read_safetensors,
+    remove_orphans,
+)
 from proto.sockets import Server
 from tests.generator.scripted import Hold, ScriptedPublisher, tensor_chunks
 
@@ -271,3 +280,44 @@ def test_a_failed_transfer_keeps_its_file_while_a_loader_reads_it() -> None:
     assert not arrivals.path.exists()
     with arrivals.pinned() as readable:
         assert not readable
+
+
+def test_a_model_directory_reads_into_a_kept_file(tmp_path: Path) -> None:
+    """What a generator loads at start to warm its reload path: every tensor, bit for bit."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "a.weight": torch.randn(3, 5),
+        "b.weight": torch.randn(7).to(torch.bfloat16),
+        "c.scale": torch.tensor(2.5),
+        "d.empty": torch.zeros(0, 4),
+    }
+    save_file(dict(list(tensors.items())[:2]), str(tmp_path / "model-00001.safetensors"))
+    save_file(dict(list(tensors.items())[2:]), str(tmp_path / "model-00002.safetensors"))
+    files = WeightFiles(keep=1)
+    try:
+        weight_set = read_safetensors(sorted(tmp_path.glob("*.safetensors")), 0, files)
+        assert weight_set.total_bytes >= 3 * 5 * 4 + 7 * 2 + 4
+        read = {name: tensor.clone() for name, tensor in weight_set.tensors()}  # type: ignore[union-attr]
+        path = weight_set.path
+        weight_set.close()
+        assert read.keys() == tensors.keys()
+        for name, tensor in tensors.items():
+            assert read[name].dtype == tensor.dtype and read[name].shape == tensor.shape, name
+            assert torch.equal(read[name], tensor), name
+        assert path.exists(), "the file is kept for the next version"
+        assert files.open(1).capacity >= weight_set.total_bytes
+    finally:
+        files.close()
+    assert not path.exists()
+
+
+def test_a_model_directory_with_a_dtype_no_stream_carries_is_refused_before_writing(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"q.weight": torch.ones(4, dtype=torch.int8)}, str(tmp_path / "model.safetensors"))
+    before = set(glob.glob(f"{tempfile.gettempdir()}/*")) | set(glob.glob("/dev/shm/*"))
+    with pytest.raises(UnsupportedDtype, match=r"q\.weight is I8"):
+        read_safetensors([tmp_path / "model.safetensors"], 0)
+    after = set(glob.glob(f"{tempfile.gettempdir()}/*")) | set(glob.glob("/dev/shm/*"))
+    assert not {p for p in after - before if "acerl-weights" in p}

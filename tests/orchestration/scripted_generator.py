@@ -90,10 +90,23 @@ class ScriptedGenerator(threading.Thread):
                     self.shutdown_reason = message.reason
                     return
                 elif isinstance(message, WorkBatch):
-                    for item in message.items:
-                        client.request(self.rollout(item))
-                        self.answered.append(item.id)
-                    client.request(Credit(generator_id=self.generator_id, credits=len(message.items)))
+                    try:
+                        for item in message.items:
+                            client.request(self.rollout(item))
+                            self.answered.append(item.id)
+                        client.request(Credit(generator_id=self.generator_id, credits=len(message.items)))
+                    except TimeoutError:
+                        if self._told_to_stop(client):  # the run ended meanwhile: nobody answers
+                            return
+                        raise
+
+    def _told_to_stop(self, client: Client) -> bool:
+        """Whether a Shutdown notice came (what is pushed while a request waits is kept)."""
+        while (reply := client.recv(timeout_ms=0)) is not None:
+            if isinstance(reply.message, Shutdown):
+                self.shutdown_reason = reply.message.reason
+                return True
+        return False
 
     def rollout(self, item: WorkItem) -> RolloutGroup:
         assert item.policy_version in self.announced, "work arrived before its weights were announced"
