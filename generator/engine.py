@@ -112,7 +112,7 @@ class Engine:
         self.version = version  # the last version loaded completely
         self.whole = True  # False after an abandoned reload, until a complete one
         self.llm.llm_engine.set_weight_version(str(version))
-        self._active: dict[str, np.ndarray] = {}  # request id -> prompt token ids
+        self._active: dict[str, tuple[np.ndarray, Any]] = {}  # request id -> prompt ids, vLLM params
         self._reload: _Reload | None = None
         self._loader = EngineLoader(self.llm, weight_path)
         self._ids = itertools.count()
@@ -159,6 +159,10 @@ class Engine:
             seed=sampling.seed,
             logprobs=0,  # only the sampled token's log-probability
             skip_special_tokens=False,
+            # vLLM would decode every sampled token once more, for its log-probability entry: most
+            # of this process's time. Without stop strings (they need vLLM's incremental decoding)
+            # each completion's text is decoded here, once (`_text`).
+            detokenize=bool(sampling.stop),
         )
 
     # -- the step loop --------------------------------------------------------------------
@@ -178,7 +182,7 @@ class Engine:
         renderer = self.llm.renderer
         (engine_input,) = renderer.render_cmpl([prompt], renderer.default_cmpl_tok_params)
         self.llm.llm_engine.add_request(request_id, engine_input, params)
-        self._active[request_id] = prompt_token_ids
+        self._active[request_id] = (prompt_token_ids, params)
         return request_id
 
     def abort(self, request_ids: Sequence[str]) -> None:
@@ -201,11 +205,18 @@ class Engine:
         for output in self.llm.llm_engine.step():
             if not output.finished or output.request_id not in self._active:
                 continue
-            prompt = self._active.pop(output.request_id)
-            finished.append(Finished(output.request_id, prompt, self._samples(output)))
+            prompt, params = self._active.pop(output.request_id)
+            finished.append(Finished(output.request_id, prompt, self._samples(output, params)))
         return finished
 
-    def _samples(self, output: Any) -> list[Sample] | None:
+    def _text(self, completion: Any) -> str:
+        """The text vLLM would have decoded: without the token that stopped it, and without the
+        bytes of a character the last tokens left incomplete (vLLM holds those back)."""
+        ids = completion.token_ids[:-1] if completion.finish_reason == "stop" else completion.token_ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return text.rstrip("\ufffd")
+
+    def _samples(self, output: Any, params: Any) -> list[Sample] | None:
         eos_text = self.tokenizer.eos_token or ""
         samples = []
         for completion in sorted(output.outputs, key=lambda c: c.index):
@@ -222,7 +233,7 @@ class Engine:
                 dtype=np.float32,
                 count=len(token_ids),
             )
-            text = completion.text
+            text = completion.text if params.detokenize else self._text(completion)
             if eos_text and text.endswith(eos_text):
                 text = text[: -len(eos_text)]
             spans = completion.weight_versions or []

