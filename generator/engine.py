@@ -33,7 +33,9 @@ from generator.weight_set import (
     UnsupportedDtype,
     WeightFiles,
     WeightSet,
+    WeightStreamError,
     read_safetensors,
+    safetensors_files,
 )
 from proto.work import SamplingParams as WorkSampling
 
@@ -359,14 +361,14 @@ class Engine:
         file is then kept in `files` for the first update to write into. It also shows at start,
         not at the first update, whether this model reloads in place.
         """
-        paths = sorted(self.model.glob("*.safetensors"))
+        paths = safetensors_files(self.model)
         if not paths:
             log.info("warm_reload_skipped", reason="no safetensors files in the model directory")
             return
         started = time.monotonic()
         try:
             weight_set = read_safetensors(paths, self.version, files)
-        except UnsupportedDtype as exc:
+        except (UnsupportedDtype, WeightStreamError) as exc:  # nothing was loaded
             log.info("warm_reload_skipped", reason=str(exc))
             return
         try:

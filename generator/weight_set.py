@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import mmap
 import os
@@ -365,6 +366,15 @@ _SAFETENSORS_DTYPES = {
     "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
     "I64": "int64", "I32": "int32", "U8": "uint8",
 }  # fmt: skip
+
+
+def safetensors_files(model: Path) -> list[Path]:
+    """The safetensors files of a model directory: those its index names, if it has one (some
+    directories also hold the same weights in another layout, as `consolidated.safetensors`)."""
+    index = model / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted({model / name for name in json.loads(index.read_text())["weight_map"].values()})
+    return sorted(model.glob("*.safetensors"))
 
 
 def read_safetensors(paths: Sequence[Path], version: int, files: WeightFiles | None = None) -> WeightSet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from generator.weight_set import (
     file_prefix,
     read_safetensors,
     remove_orphans,
+    safetensors_files,
 )
 from proto.sockets import Server
 from tests.generator.scripted import Hold, ScriptedPublisher, tensor_chunks
@@ -321,3 +323,15 @@ def test_a_model_directory_with_a_dtype_no_stream_carries_is_refused_before_writ
         read_safetensors([tmp_path / "model.safetensors"], 0)
     after = set(glob.glob(f"{tempfile.gettempdir()}/*")) | set(glob.glob("/dev/shm/*"))
     assert not {p for p in after - before if "acerl-weights" in p}
+
+
+def test_the_safetensors_of_a_model_directory_are_those_its_index_names(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for name in [*shards, "consolidated.safetensors"]:
+        save_file({"w": torch.ones(2)}, str(tmp_path / name))
+    assert [p.name for p in safetensors_files(tmp_path)] == ["consolidated.safetensors", *shards]
+    weight_map = {"a": shards[1], "b": shards[0], "c": shards[1]}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert [p.name for p in safetensors_files(tmp_path)] == shards
