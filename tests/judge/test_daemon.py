@@ -82,6 +82,9 @@ def test_concurrent_clients_get_their_own_verdicts_and_stats_count_them(daemon: 
     assert set(after.latency_ms) == {"p50", "p90", "p99", "max"}
     assert after.latency_ms["max"] >= after.latency_ms["p50"] > 0
     assert after.workers == 2 and after.queue_depth == 0 and after.uptime_s > before.uptime_s
+    deadline = time.monotonic() + 5  # logged every second (--stats-interval-s 1): wait for one
+    while not any("judge_stats" in line for line in daemon.log) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert any("judge_stats" in line and "counts=" in line for line in daemon.log)
 
 
@@ -164,19 +167,23 @@ def test_math_that_hangs_times_out_and_the_worker_is_replaced(daemon: LiveDaemon
     assert any("worker_replaced" in line and "deadline" in line for line in daemon.log)
 
 
+def _alive(pid: int) -> tuple[bool, int]:
+    """Whether `pid` runs (exists, not a zombie), and its parent's pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state, ppid = stat.read().rsplit(b")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return False, 0
+    return state != b"Z", int(ppid)
+
+
 def _descendants(pid: int) -> list[int]:
-    """Live (not zombie) processes below `pid`: a daemon's forkserver, workers and jails."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                state, ppid = stat.read().rsplit(b")", 1)[1].split()[:2]
-        except (OSError, ValueError):
-            continue
-        if state != b"Z":
-            parents[int(entry)] = int(ppid)
+    """Running processes below `pid`: a daemon's forkserver, workers and jails."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        alive, ppid = _alive(int(entry))
+        if alive:
+            parents[int(entry)] = ppid
     found, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()
@@ -189,14 +196,7 @@ def _descendants(pid: int) -> list[int]:
 def _still_running(pids: list[int], timeout_s: float) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while True:
-        running = []
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as stat:
-                    if stat.read().rsplit(b")", 1)[1].split()[0] != b"Z":
-                        running.append(pid)
-            except OSError:
-                continue
+        running = [pid for pid in pids if _alive(pid)[0]]
         if not running or time.monotonic() > deadline:
             return running
         time.sleep(0.05)
