@@ -1,27 +1,38 @@
-"""`python -m generator --learner ADDR --judge ADDR --model PATH [--engine-args KEY=VALUE ...]`."""
+"""`python -m generator [--config FILE.yaml] [key=value ...]`: one rollout worker around vLLM."""
 
 from __future__ import annotations
 
-import logging
+import argparse
 import sys
+from pathlib import Path
 
-import structlog
+from generator.config import GeneratorConfig
+from proto.config import ConfigError, fields_help, load, parse_command_line
+from proto.logs import LEVELS, configure_logging
 
-from generator.config import ConfigError, GeneratorConfig, load_config
 
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s", stream=sys.stderr)
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+def build_parser(prog: str = "python -m generator") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="A rollout worker: takes work from the learner's dispatcher, samples it with vLLM, "
+        "has the judge score it and sends the judged groups back. Start as many as you like.",
+        epilog="Settings: defaults, then --config FILE, then dotted key=value overrides, e.g.\n"
+        "  learner=tcp://HOST:5555 judge=tcp://HOST:5556 model=/path/to/model engine.max_model_len=4096\n"
+        f"The fields:\n{fields_help(GeneratorConfig)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", type=Path, help="YAML file of GeneratorConfig fields")
+    parser.add_argument("--log-level", default="info", choices=LEVELS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+    return parser
+
+
+def load_config(argv: list[str], prog: str = "python -m generator") -> tuple[GeneratorConfig, str]:
+    args = parse_command_line(build_parser(prog), argv)
+    config = load(GeneratorConfig, args.config, args.overrides)
+    if not (config.model / "config.json").is_file():
+        raise ConfigError(f"model: {config.model} is not a Hugging Face model directory (no config.json)")
+    return config, args.log_level
 
 
 def serve(config: GeneratorConfig) -> int:
@@ -38,13 +49,13 @@ def serve(config: GeneratorConfig) -> int:
     return Worker(config, engine).run()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m generator") -> int:
     try:
-        config = load_config()
+        config, level = load_config(sys.argv[1:] if argv is None else argv, prog)
     except ConfigError as exc:
-        print(f"python -m generator: {exc}", file=sys.stderr)
+        print(f"generator: bad configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging("generator", level)
     return serve(config)
 
 

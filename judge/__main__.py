@@ -5,57 +5,55 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from judge.config import ConfigError, load_config, parse_override
-from judge.logs import configure_logging
+from judge.config import JudgeConfig
 from judge.sandbox import SandboxUnavailable
+from proto.config import ConfigError, fields_help, load, parse_command_line
 from proto.curve import CurveClientKeys
+from proto.logs import LEVELS, configure_logging
 from proto.sockets import InsecureBindError
 
+RAW = argparse.RawDescriptionHelpFormatter
 EXIT_CONFIG = 2
 EXIT_NO_SANDBOX = 3
 
 log = structlog.get_logger("judge")
 
+FIELDS_HELP = f"""Settings: defaults, then --config FILE, then dotted key=value overrides, e.g.
+  bind=tcp://127.0.0.1:5556 workers=8 sandbox.limits.time_limit_s=2
+(sandbox.unsafe_no_sandbox=true runs programs WITHOUT nsjail: dangerous). The fields:
+{fields_help(JudgeConfig)}"""
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML file with JudgeConfig fields")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any field, e.g. sandbox.limits.output_limit_mb=8",
-    )
-    parser.add_argument("--workers", type=int, help="worker processes (default 2)")
-    parser.add_argument("--time-limit-s", type=float, help="default CPU seconds per test")
-    parser.add_argument("--memory-limit-mb", type=int, help="default memory per test process")
-    parser.add_argument("--math-timeout-s", type=float, help="deadline of one math request")
-    parser.add_argument(
-        "--unsafe-no-sandbox",
-        action="store_true",
-        default=None,
-        help="run programs WITHOUT nsjail (dangerous; logs a warning on every start)",
-    )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--config", type=Path, help="YAML file of JudgeConfig fields")
+    parser.add_argument("--log-level", default="info", choices=LEVELS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m judge", description=__doc__)
+def build_parser(prog: str = "python -m judge") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=FIELDS_HELP, formatter_class=RAW)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the judge daemon (ZeroMQ ROUTER)")
-    serve.add_argument("--bind", help="endpoint, default tcp://127.0.0.1:5555 (off loopback only with CURVE)")
-    serve.add_argument("--queue-limit", type=int, help="requests waiting before `busy` answers")
-    serve.add_argument("--max-request-mb", type=int, help="largest request frame")
-    serve.add_argument("--drain-timeout-s", type=float, help="SIGTERM: time to finish in-flight work")
-    serve.add_argument("--stats-interval-s", type=float, help="seconds between stats log lines")
-    serve.add_argument("--curve-secret", type=Path, help="this server's CURVE secret key file")
-    serve.add_argument("--curve-clients", type=Path, help="directory of allowed clients' public keys")
+    serve = commands.add_parser(
+        "serve",
+        help="run the judge daemon (ZeroMQ ROUTER)",
+        description="Run the judge daemon: verdicts for math answers and code, over ZeroMQ.",
+        epilog=FIELDS_HELP,
+        formatter_class=RAW,
+    )
+    serve.add_argument(
+        "--ready-file", type=Path, help="write the bound address here once serving (bind=...:* picks a port)"
+    )
     _common(serve)
-    check = commands.add_parser("check", help="judge JSON Lines from stdin, verdict lines on stdout")
+    check = commands.add_parser(
+        "check",
+        help="judge JSON Lines from stdin, verdict lines on stdout",
+        description="Judge JSON Lines of JudgeRequest from stdin; Verdict lines on stdout, in input order.",
+        epilog=FIELDS_HELP,
+        formatter_class=RAW,
+    )
     check.add_argument("--connect", help="a running daemon's endpoint; default: a local worker pool")
     check.add_argument("--server-key", type=Path, help="the daemon's CURVE public key file")
     check.add_argument("--client-secret", type=Path, help="this client's CURVE secret key file")
@@ -64,34 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = dict(parse_override(text) for text in args.set)
-    flags = {
-        "bind": "bind",
-        "workers": "workers",
-        "queue_limit": "queue_limit",
-        "max_request_mb": "max_request_mb",
-        "drain_timeout_s": "drain_timeout_s",
-        "stats_interval_s": "stats_interval_s",
-        "curve_secret": "curve_secret",
-        "curve_clients": "curve_clients",
-        "math_timeout_s": "math_timeout_s",
-        "time_limit_s": "sandbox.limits.time_limit_s",
-        "memory_limit_mb": "sandbox.limits.memory_limit_mb",
-        "unsafe_no_sandbox": "sandbox.unsafe_no_sandbox",
-    }
-    for attribute, dotted in flags.items():
-        value = getattr(args, attribute, None)
-        if value is not None:
-            overrides[dotted] = str(value) if isinstance(value, Path) else value
-    return overrides
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+def main(argv: list[str] | None = None, prog: str = "python -m judge") -> int:
+    args = parse_command_line(build_parser(prog), argv)
+    configure_logging("judge", args.log_level)
     try:
-        config = load_config(args.config, _overrides(args))
+        config = load(JudgeConfig, args.config, args.overrides)
     except ConfigError as exc:
         print(f"judge: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -99,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from judge.daemon import serve
 
-            serve(config)
+            serve(config, ready_file=args.ready_file)
         else:
             from judge.check import check_local, check_remote
 

@@ -1,20 +1,15 @@
-"""The judge's settings: typed, loaded from YAML, overridden on the command line, validated.
-
-A bad value is rejected with the dotted name of its field, e.g.
-`sandbox.limits.time_limit_s: Input should be greater than 0`.
+"""The judge's settings, typed: loaded like every component's with `proto.config.load` (defaults,
+a YAML file, dotted `key=value` overrides). A bad value is rejected with the dotted name of its
+field, e.g. `sandbox.limits.time_limit_s: Input should be greater than 0`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from proto.config import Config as _Strict
 
 
 class CodeLimits(_Strict):
@@ -74,56 +69,3 @@ class JudgeConfig(_Strict):
     curve_secret: Path | None = Field(default=None, description="server secret key file (CURVE)")
     curve_clients: Path | None = Field(default=None, description="directory of allowed client public keys")
     sandbox: SandboxConfig = SandboxConfig()
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{path}: {error['msg']}" if path else error["msg"])
-    return "; ".join(problems)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = tree.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {part} is not a section")
-        tree = child
-    tree[parts[-1]] = value
-
-
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> JudgeConfig:
-    """YAML file (optional) + dotted overrides such as {"sandbox.limits.time_limit_s": 2}."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        tree = loaded
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, dotted, value)
-    try:
-        return JudgeConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'a.b=value' with value read as YAML (so numbers, booleans and lists keep their type)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. sandbox.limits.time_limit_s=2")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: {exc}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -23,6 +24,7 @@ from judge.preflight import ready_sandbox
 from proto.control import Error
 from proto.curve import CurveServerKeys
 from proto.judge import JudgeRequest, StatsRequest, Verdict
+from proto.ready import announce_ready
 from proto.sockets import Request, Server, SocketLimits
 
 log = structlog.get_logger("judge.daemon")
@@ -168,7 +170,8 @@ def _error(code: str, detail: str, ref_id: str | None) -> Error:
     return Error(code=code, detail=detail, ref_id=ref_id)  # type: ignore[arg-type]
 
 
-def serve(config: JudgeConfig) -> None:
+def serve(config: JudgeConfig, ready_file: Path | None = None) -> None:
     daemon = JudgeDaemon(config)
     daemon.install_signal_handlers()
+    announce_ready(ready_file, address=daemon.address)
     daemon.serve()

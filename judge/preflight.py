@@ -27,7 +27,7 @@ def ready_sandbox(config: SandboxConfig) -> Sandbox:
     if config.unsafe_no_sandbox:
         log.warning(
             "unsafe_no_sandbox",
-            message="--unsafe-no-sandbox: submitted programs run WITHOUT nsjail, as this user, with "
+            message="sandbox.unsafe_no_sandbox=true: submitted programs run WITHOUT nsjail, as this user, with "
             "network and file system access. Use only for programs you trust.",
         )
     if not os.access(config.python, os.X_OK):
@@ -43,7 +43,7 @@ def ready_sandbox(config: SandboxConfig) -> Sandbox:
             if config.unsafe_no_sandbox
             else (
                 " (nsjail needs user, mount, PID and network namespaces: run as root or allow "
-                "unprivileged user namespaces; --unsafe-no-sandbox runs without it)"
+                "unprivileged user namespaces; sandbox.unsafe_no_sandbox=true runs without it)"
             )
         )
         result = f"{outcome.status}: {outcome.detail}"

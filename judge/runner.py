@@ -15,7 +15,7 @@ never enter the jail.
 
 Inside the jail the runner is PID 1 of the jail's PID namespace: signals sent by the programs it
 runs cannot kill it, and `kill(-1, SIGKILL)` ends every other process in the jail. Without a jail
-(`--unsafe-no-sandbox`) it falls back to process groups, which a hostile program can escape.
+(`sandbox.unsafe_no_sandbox=true`) it falls back to process groups, which a hostile program can escape.
 """
 
 import contextlib

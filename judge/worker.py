@@ -14,10 +14,10 @@ from multiprocessing.connection import Connection
 
 from judge.code_check import judge_code, reap_jails
 from judge.config import SandboxConfig
-from judge.logs import configure_logging
 from judge.math_check import judge_math
 from judge.outcome import Outcome
 from judge.sandbox import Sandbox
+from proto.logs import configure_logging
 from proto.judge import JudgeRequest
 
 
@@ -47,7 +47,7 @@ def _guarded(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
 def worker_main(connection: Connection, sandbox_config: SandboxConfig, cgroups: bool, memory_mb: int) -> None:
     """Entry point of a worker process (started by `judge.pool.WorkerPool`)."""
     os.setpgid(0, 0)  # the pool kills this group: the worker and any nsjail it started
-    configure_logging()
+    configure_logging("judge.worker")
     # Soft limit only: nsjail, started from here, must stay free to set its own limits.
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, hard))

@@ -1,77 +1,45 @@
-"""Starts one node's run and watches over it: the judge, the learner and N generators.
+"""`acerl run` (and `launch/all.sh`): one node's run. It resolves the recipe into one config per
+component, starts the judge, the learner and N generators as processes of their own, and watches
+over them.
 
-`launch/all.sh` calls this. Each component is a separate process with its own log in the run
-directory; each is waited for until it reports ready (with a timeout naming what did not come
-up). A generator or the judge that dies is restarted and the run goes on; if the learner dies,
-everything stops with the reason shown. Ctrl-C or SIGTERM stops everything, process groups
-included, so that nothing of the run is left behind.
+Each component binds a free port itself (port `*`) and announces the address it bound in a ready
+file; the supervisor then confirms over the protocol that it answers (a generator: that the
+learner's dispatcher lists it as connected). A generator or the judge that dies is restarted and
+the run goes on; if the learner dies, everything stops with the reason and how to continue.
+Ctrl-C or SIGTERM stops everything, process groups included, so that nothing of the run is left.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 from rich.console import Console
 from rich.live import Live
 
+from generator.config import GeneratorConfig
+from launch import tiny_default
+from launch.process_group import stop_process_group
+from launch.recipe import Recipe, load_recipe
+from proto.config import ConfigError, dump, load, parse_command_line, replace
+from proto.control import Heartbeat, Status, StatusRequest
+from proto.judge import StatsRequest
+from proto.ready import read_ready
+from proto.sockets import Client, SocketLimits
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script: the project's packages come from the checkout
-
-from learner.config import ConfigError, apply_overrides, format_errors  # noqa: E402
-from proto.control import Heartbeat  # noqa: E402
-from proto.judge import StatsRequest  # noqa: E402
-from proto.sockets import Client, SocketLimits  # noqa: E402
-
 console = Console(stderr=True)
-
-
-class TinyPrepare(BaseModel):
-    """Sizes of the tiny default, built once and cached under .cache/."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
-    hidden: int = 128
-    layers: int = 2
-    math_prompts: int = Field(default=2000, ge=10)
-    code_prompts: int = Field(default=600, ge=10)
-    careful_fraction: float = Field(default=0.3, ge=0, le=1)  # worked solutions in the warm start
-    warm_start_steps: int = Field(default=300, ge=0)
-    warm_start_lr: float = Field(default=3e-3, gt=0)
-
-
-class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prepare: Literal["none", "tiny"] = "none"
-    tiny: TinyPrepare = TinyPrepare()
-    generators: int = Field(default=1, ge=1)
-    max_restarts: int = Field(default=5, ge=0)  # per component
-    ready_timeout_s: float = Field(default=600.0, gt=0)
-    judge: dict[str, Any] = {}  # judge settings (python -m judge serve --config)
-    generator: dict[str, Any] = {}  # generator settings, less learner/judge/model (filled in here)
-    learner: dict[str, Any]  # the run's settings (learner.run.RunConfig)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ANY_LOCAL_PORT = "tcp://127.0.0.1:*"
 
 
 def local_address(bound: str) -> str:
@@ -81,104 +49,35 @@ def local_address(bound: str) -> str:
     return f"{scheme}://127.0.0.1:{port}" if host in ("0.0.0.0", "*", "[::]") else bound
 
 
-def substitute(value: Any, names: dict[str, str]) -> Any:
-    """Replace ${NAME} in every string of a nested structure."""
-    if isinstance(value, str):
-        return re.sub(r"\$\{(\w+)\}", lambda m: names.get(m.group(1), m.group(0)), value)
-    if isinstance(value, dict):
-        return {k: substitute(v, names) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, names) for v in value]
-    return value
-
-
-def prepare_tiny(tiny: TinyPrepare) -> dict[str, str]:
-    """Build (or reuse) the tiny model, its tasks and its warm start; returns ${...} names."""
-    # The builders' source is part of the key: a change to the tasks or the model rebuilds them.
-    sources = [ROOT / "learner" / f"{name}.py" for name in ("tiny_model", "tiny_tasks", "warm_start")]
-    key = json.dumps(tiny.model_dump(), sort_keys=True) + "".join(p.read_text() for p in sources)
-    cache = ROOT / ".cache" / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    base, tasks, warm = cache / "model", cache / "tasks", cache / "warm_start"
-    if not (warm / "config.json").exists():
-        from learner.tiny_model import write_tiny_model
-        from learner.tiny_tasks import write_tasks
-        from learner.warm_start import warm_start
-
-        console.print(f"[bold]tiny default[/]: building model, tasks and warm start in {cache}")
-        started = time.perf_counter()
-        write_tiny_model(base, seed=tiny.seed, hidden=tiny.hidden, layers=tiny.layers)
-        write_tasks(
-            tasks,
-            tiny.math_prompts,
-            tiny.code_prompts,
-            seed=tiny.seed,
-            careful_fraction=tiny.careful_fraction,
-        )
-        warm_start(
-            base,
-            [tasks / "math_train.jsonl", tasks / "code_train.jsonl"],
-            warm,
-            steps=tiny.warm_start_steps,
-            lr=tiny.warm_start_lr,
-            seed=tiny.seed,
-        )
-        console.print(f"tiny default ready in {time.perf_counter() - started:.0f} s")
-    return {"TINY_MODEL": str(warm), "TINY_TASKS": str(tasks)}
-
-
-def kill_session(session: int) -> None:
-    """SIGKILL every process of a session (the component's leader started it with setsid)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # the fields after the command name: state ppid pgrp session ...
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-
-
 @dataclass
 class Component:
     name: str
     argv: list[str]
     log: Path
+    config: BaseModel | None = None  # what `argv` reads from its --config file
+    ready_file: Path | None = None
     address: str = ""
     restartable: bool = True
     process: subprocess.Popen | None = None
     restarts: int = 0
-    started_at: float = 0.0
     history: list[str] = field(default_factory=list)
 
     def start(self, env: dict[str, str]) -> None:
-        out = self.log.open("ab")
-        # A session of its own: stopping the component stops everything it started.
-        self.process = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-        )
-        out.close()
-        self.started_at = time.monotonic()
+        if self.ready_file is not None:
+            self.ready_file.unlink(missing_ok=True)  # a restart announces itself anew
+        with self.log.open("ab") as out:
+            # A session of its own: stopping the component stops everything it started.
+            self.process = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+            )
 
     @property
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
     def stop(self, grace_s: float) -> None:
-        """SIGTERM to its whole process group, SIGKILL after `grace_s`; then SIGKILL to whatever
-        of the group is left (children outlive a leader that was killed)."""
-        if self.process is None:
-            return
-        group = self.process.pid  # a session of its own: the group id is the leader's pid
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=grace_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-        kill_session(group)  # worker pools may put their workers in process groups of their own
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5.0)
+        if self.process is not None:
+            stop_process_group(self.process, grace_s)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -187,100 +86,103 @@ class Component:
             return "(no log)"
 
 
+def answers(address: str, message: Any) -> Any:
+    """The reply of the server at `address`, or None if it does not answer within a second."""
+    try:
+        with Client(address, limits=SocketLimits(recv_timeout_ms=1_000, send_timeout_ms=1_000)) as client:
+            return client.request(message)
+    except (TimeoutError, OSError):
+        return None
+
+
 class Supervisor:
     def __init__(self, recipe: Recipe, run_dir: Path, *, resume: bool, max_steps: int | None) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
         self.resume = resume
         self.max_steps = max_steps
-        self.components: list[Component] = []
         self.stopping = False
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-
-    # -- set-up ---------------------------------------------------------------------------------
-
-    def write_configs(self) -> None:
-        from generator.config import GeneratorConfig
-        from judge.config import JudgeConfig
-        from learner.run import RunConfig
-
-        r = self.recipe
-        logs = self.run_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        judge_address = f"tcp://127.0.0.1:{free_port()}"
-        learner_cfg = dict(r.learner, run_dir=str(self.run_dir))
-        # Addresses the recipe names are kept (to serve other machines); otherwise free local ports.
-        dispatch = dict(learner_cfg.get("dispatch", {}))
-        dispatch.setdefault("address", f"tcp://127.0.0.1:{free_port()}")
-        publish = dict(learner_cfg.get("publish", {}))
-        publish.setdefault("address", "tcp://127.0.0.1:*")
-        learner_cfg["dispatch"], learner_cfg["publish"] = dispatch, publish
-        dispatch_address = local_address(dispatch["address"])
-        run_cfg = self._validated("learner", RunConfig, learner_cfg)
-        judge_cfg = self._validated("judge", JudgeConfig, r.judge)
-        model = str(run_cfg.model.path)
-        generator_cfgs = []
-        for index in range(r.generators):
-            values = dict(
-                r.generator,
-                learner=dispatch_address,
-                judge=judge_address,
-                model=model,
-                generator_id=f"gen{index}",
-            )
-            generator_cfgs.append(self._validated("generator", GeneratorConfig, values))
-        dump = {"learner": run_cfg.model_dump(mode="json"), "judge": judge_cfg.model_dump(mode="json")}
-        (self.run_dir / "learner.yaml").write_text(yaml.safe_dump(dump["learner"], sort_keys=False))
-        (self.run_dir / "judge.yaml").write_text(yaml.safe_dump(dump["judge"], sort_keys=False))
-        resolved = {
-            "recipe": r.model_dump(mode="json"),
-            "judge_address": judge_address,
-            "dispatch_address": dispatch_address,
-        }
-        (self.run_dir / "resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        self.logs = run_dir / "logs"
+        ready = run_dir / "ready"
         py = sys.executable
+        r = recipe
+        # Addresses the recipe names are kept (to serve other machines); otherwise free local ports.
+        judge_cfg = r.judge if "bind" in r.judge.model_fields_set else replace(r.judge, bind=ANY_LOCAL_PORT)
+        dispatch, publish = r.learner.dispatch, r.learner.publish
+        if "address" not in dispatch.model_fields_set:
+            dispatch = replace(dispatch, address=ANY_LOCAL_PORT)
+        if publish.address is None:
+            publish = replace(publish, address=ANY_LOCAL_PORT)
+        learner_cfg = replace(r.learner, run_dir=run_dir, dispatch=dispatch, publish=publish)
         self.judge = Component(
             "judge",
-            [
-                py,
-                "-m",
-                "judge",
-                "serve",
-                "--config",
-                str(self.run_dir / "judge.yaml"),
-                "--bind",
-                judge_address,
-            ],
-            logs / "judge.log",
-            judge_address,
+            [py, "-m", "judge", "serve", "--config", str(run_dir / "judge.yaml")],
+            self.logs / "judge.log",
+            judge_cfg,
+            ready / "judge.json",
         )
-        learner_argv = [py, "-m", "learner", "run", "--config", str(self.run_dir / "learner.yaml")]
-        if self.resume:
+        self.judge.argv += ["--ready-file", str(self.judge.ready_file)]
+        learner_argv = [py, "-m", "learner", "run", "--config", str(run_dir / "learner.yaml")]
+        learner_argv += ["--ready-file", str(ready / "learner.json")]
+        if resume:
             learner_argv.append("--resume")
-        if self.max_steps is not None:
-            learner_argv += ["--max-steps", str(self.max_steps)]
+        if max_steps is not None:
+            learner_argv += ["--max-steps", str(max_steps)]
         self.learner = Component(
-            "learner", learner_argv, logs / "learner.log", dispatch_address, restartable=False
+            "learner",
+            learner_argv,
+            self.logs / "learner.log",
+            learner_cfg,
+            ready / "learner.json",
+            restartable=False,
         )
-        self.generators = []
-        for index, cfg in enumerate(generator_cfgs):
-            path = self.run_dir / f"generator{index}.yaml"
-            path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-            self.generators.append(
-                Component(
-                    f"generator{index}",
-                    [py, "-m", "generator", "--config", str(path)],
-                    logs / f"generator{index}.log",
-                    cfg.generator_id,
-                )
+        self.generators = [
+            Component(
+                f"generator{index}",
+                [py, "-m", "generator", "--config", str(run_dir / f"generator{index}.yaml")],
+                self.logs / f"generator{index}.log",
+                address=f"gen{index}",  # its id at the dispatcher
             )
+            for index in range(r.generators)
+        ]
         self.components = [self.judge, self.learner, *self.generators]
 
-    def _validated(self, section: str, schema: type[BaseModel], values: dict[str, Any]) -> Any:
-        try:
-            return schema.model_validate(values)
-        except ValidationError as exc:
-            raise ConfigError(f"recipe section {section}: {format_errors(exc)}") from None
+    def generator_config(self, component: Component) -> GeneratorConfig:
+        """A generator's config, once the judge and the learner have announced their addresses."""
+        settings = self.recipe.generator.model_dump()
+        return GeneratorConfig.model_validate(
+            dict(
+                settings,
+                generator_id=component.address,
+                learner=local_address(self.learner.address),
+                judge=local_address(self.judge.address),
+                model=self.recipe.learner.model.path,
+            )
+        )
+
+    def write_configs(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for component in (self.judge, self.learner):
+            assert component.config is not None
+            (self.run_dir / f"{component.name}.yaml").write_text(dump(component.config))
+        (self.run_dir / "recipe.yaml").write_text(dump(self.recipe))
+
+    def describe(self) -> str:
+        """Every resolved config and the command each component starts with (`--dry-run`)."""
+        parts = []
+        for component in self.components:
+            if component.config is not None:
+                text = dump(component.config)
+            else:
+                text = (
+                    f"# filled in at start: generator_id={component.address}, "
+                    f"model={self.recipe.learner.model.path},\n"
+                    "# learner and judge: the addresses the learner and the judge announce once bound\n"
+                    + dump(self.recipe.generator)
+                )
+            parts.append(f"# {component.name}: {' '.join(component.argv)}\n{text}")
+        return "\n".join(parts)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -300,7 +202,7 @@ class Supervisor:
         tmp.write_text(json.dumps(table, indent=1))
         tmp.replace(self.run_dir / "components.json")
 
-    def wait_ready(self, component: Component, check: Any) -> None:
+    def wait_ready(self, component: Component, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.recipe.ready_timeout_s
         while time.monotonic() < deadline and not self.stopping:
             # One that came up and died since (a generator, while the others still start) did not
@@ -321,32 +223,40 @@ class Supervisor:
                 f"(log: {component.log}):\n{component.log_tail()}"
             )
 
-    @staticmethod
-    def answers(address: str, message: Any) -> bool:
-        try:
-            with Client(address, limits=SocketLimits(recv_timeout_ms=1_000, send_timeout_ms=1_000)) as client:
-                client.request(message)
-            return True
-        except (TimeoutError, OSError):
+    def announced(self, component: Component, key: str, probe: Any) -> bool:
+        """Has `component` written its ready file, and does it answer `probe` there?"""
+        ready = read_ready(component.ready_file) if component.ready_file else None
+        if ready is None:
             return False
+        component.address = ready[key]
+        return answers(local_address(component.address), probe) is not None
+
+    def connected_generators(self) -> set[str]:
+        status = answers(local_address(self.learner.address), StatusRequest())
+        return set(status.generators) if isinstance(status, Status) else set()
+
+    def start_generator(self, component: Component) -> None:
+        path = self.run_dir / f"{component.name}.yaml"
+        path.write_text(dump(self.generator_config(component)))
+        component.start(self.env)
 
     def start_all(self) -> None:
         self.judge.start(self.env)
         self.write_components()
-        self.wait_ready(self.judge, lambda: self.answers(self.judge.address, StatsRequest()))
+        self.wait_ready(self.judge, lambda: self.announced(self.judge, "address", StatsRequest()))
         console.print(f"judge ready at {self.judge.address}")
+        # generators keep this address: a restarted judge binds the same port again
+        self.judge.argv.append(f"bind={self.judge.address}")
         self.learner.start(self.env)
         self.write_components()
         beat = Heartbeat(sender="supervisor", role="client", time=0.0)
-        self.wait_ready(self.learner, lambda: self.answers(self.learner.address, beat))
+        self.wait_ready(self.learner, lambda: self.announced(self.learner, "dispatch", beat))
         console.print(f"learner ready; its dispatcher at {self.learner.address}")
         for generator in self.generators:
-            generator.start(self.env)
+            self.start_generator(generator)
         self.write_components()
         for generator in self.generators:
-            self.wait_ready(
-                generator, lambda g=generator: "learner_connected" in g.log.read_text(errors="replace")
-            )
+            self.wait_ready(generator, lambda g=generator: g.address in self.connected_generators())
             console.print(f"{generator.name} ready")
 
     def watch(self) -> int:
@@ -373,80 +283,91 @@ class Supervisor:
             )
         component.restarts += 1
         console.print(f"[yellow]{component.name} died ({reason}); restart {component.restarts}[/]")
-        component.start(self.env)
+        if component in self.generators:
+            self.start_generator(component)
+        else:
+            component.start(self.env)
         self.write_components()
 
     def stop_all(self) -> None:
         for component in [*self.generators, self.learner, self.judge]:
-            if component.process is not None:
-                component.stop(grace_s=15.0)
-        if self.components:
-            self.write_components()
+            component.stop(grace_s=15.0)
+        self.write_components()
+
+    def how_to_continue(self) -> str:
+        """Which checkpoint a resume would start from, and the command."""
+        from learner.checkpoint import find_latest
+
+        latest = find_latest(self.recipe.learner.checkpoint.dir or self.run_dir / "checkpoints")
+        where = "from the start (no checkpoint yet)"
+        if latest is not None:
+            where = f"from checkpoint {latest.name}"
+        return f"to continue {where}: launch/all.sh --resume {self.run_dir}"
 
 
 def progress_line(metrics: Path) -> str:
-    try:
-        lines = metrics.read_text().splitlines()
-    except OSError:
-        return "waiting for the first step"
-    train = [json.loads(line) for line in lines if '"kind": "train"' in line]
+    from learner.metrics import EvalRecord, TrainRecord, read_records
+
+    records = read_records(metrics) if metrics.exists() else []
+    train = [r for r in records if isinstance(r, TrainRecord)]
     if not train:
         return "waiting for the first step"
-    r = {key: (0.0 if value is None else value) for key, value in train[-1].items()}  # null: not measured
-    heldout = {}
-    for line in lines:
-        if '"kind": "eval"' in line and '"k": 1,' not in line:  # the sampled (avg@k) evaluations
-            record = json.loads(line)
-            heldout[record["task"]] = record["accuracy"]
+    r = train[-1]
+    heldout = {e.task: e.accuracy for e in records if isinstance(e, EvalRecord) and e.k > 1}
+    accuracy = r.sampled_accuracy if r.sampled_accuracy is not None else r.accuracy
     return (
-        f"step {r['step']:>4}  stage {r.get('stage_name', r.get('stage'))}  reward {r['reward_mean']:.3f}  "
-        f"acc {r.get('sampled_accuracy', r['accuracy']):.3f}  len {r['response_len_mean']:.0f}  "
-        f"entropy {r.get('entropy', 0):.3f}  step {r.get('step_s', 0):.1f}s wait {r.get('wait_s', 0):.1f}s  "
+        f"step {r.step:>4}  stage {r.stage_name}  reward {r.reward_mean:.3f}  acc {accuracy:.3f}  "
+        f"len {r.response_len_mean:.0f}  entropy {r.entropy or 0:.3f}  step {r.step_s or 0:.1f}s "
+        f"wait {r.wait_s or 0:.1f}s  "
         + "  ".join(f"held-out {task} {accuracy:.3f}" for task, accuracy in sorted(heldout.items()))
     )
 
 
-def load_recipe(path: Path, overrides: list[str]) -> Recipe:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"recipe {path}: {exc.strerror}") from None
-    data = apply_overrides(data, overrides)
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"recipe {path}: {format_errors(exc)}") from None
+def build_parser(prog: str = "acerl run") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train on one node: the judge, the generators and the learner, each a process of "
+        "its own, supervised. With no arguments it builds and trains the tiny default.",
+        epilog="Overrides are dotted paths into the recipe, e.g. learner.optim.lr=1e-6 generators=2 "
+        "learner.schedule.stages.0.steps=5; see `acerl learner run --help` and the recipe files for fields.",
+    )
+    parser.add_argument("--recipe", type=Path, default=ROOT / "launch/recipes/tiny.yaml", help="recipe YAML")
+    parser.add_argument("--run-dir", type=Path, help="default: runs/<time>")
+    parser.add_argument("--generators", type=int, help="generator processes (the recipe's `generators`)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many learner steps in total")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print every resolved config and command; start nothing"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the recipe")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launch/all.sh", description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "launch/recipes/tiny.yaml")
-    parser.add_argument("--run-dir", type=Path)
-    parser.add_argument("--generators", type=int)
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the recipe")
-    args = parser.parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
+    overrides = list(args.overrides)
+    if args.generators is not None:
+        overrides.append(f"generators={args.generators}")
     try:
         if args.resume is not None:
             run_dir = args.resume
-            recipe = Recipe.model_validate(yaml.safe_load((run_dir / "resolved.yaml").read_text())["recipe"])
+            recipe = load(Recipe, run_dir / "recipe.yaml", overrides)
         else:
-            recipe = load_recipe(args.recipe, args.overrides)
+            recipe = load_recipe(args.recipe, overrides)
             run_dir = args.run_dir or ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        if args.generators is not None:
-            recipe.generators = args.generators
         run_dir = run_dir.resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        prepared = time.perf_counter()
-        names = prepare_tiny(recipe.tiny) if recipe.prepare == "tiny" else {}
-        timings = {"building the tiny default (0 when cached)": time.perf_counter() - prepared}
-        recipe = Recipe.model_validate(substitute(recipe.model_dump(), names))
         supervisor = Supervisor(recipe, run_dir, resume=args.resume is not None, max_steps=args.max_steps)
-        supervisor.write_configs()
-    except (ConfigError, FileNotFoundError) as exc:
+    except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
+    if args.dry_run:
+        print(supervisor.describe())
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    if recipe.prepare == "tiny":
+        timings["building the tiny default (0 when cached)"] = tiny_default.build(recipe.tiny, console)
+    supervisor.write_configs()
 
     def on_signal(signum: int, frame: Any) -> None:
         supervisor.stopping = True
@@ -464,11 +385,15 @@ def main(argv: list[str] | None = None) -> int:
         if code == 0:
             console.print(f"[green]run finished[/] in {time.perf_counter() - started:.0f} s")
         elif code == 130:
-            console.print("[yellow]stopped[/]")
+            console.print(f"[yellow]stopped[/]; {supervisor.how_to_continue()}")
         else:
-            console.print(f"[red]the learner failed[/] (exit code {code}):\n{supervisor.learner.log_tail()}")
+            console.print(
+                f"[red]the learner died[/] (exit code {code}); the judge and the generators are stopped.\n"
+                f"{supervisor.how_to_continue()}\n"
+                f"the learner's last log lines ({supervisor.learner.log}):\n{supervisor.learner.log_tail()}"
+            )
     except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]run stopped:[/] {exc}")
+        console.print(f"[red]run stopped:[/] {exc}\n{supervisor.how_to_continue()}")
         code = 1
     finally:
         supervisor.stop_all()

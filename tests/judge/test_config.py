@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from judge.config import ConfigError, load_config, parse_override
+from judge.config import JudgeConfig
 from judge.sandbox import resolve_limits
+from proto.config import ConfigError, load
 
 
 def test_yaml_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "judge.yaml"
     path.write_text("workers: 3\nsandbox:\n  limits:\n    time_limit_s: 2.5\n")
-    config = load_config(path, dict([parse_override("sandbox.limits.memory_limit_mb=512")]))
+    config = load(JudgeConfig, path, ["sandbox.limits.memory_limit_mb=512"])
     assert config.workers == 3
     assert config.sandbox.limits.time_limit_s == 2.5
     assert config.sandbox.limits.memory_limit_mb == 512
@@ -21,27 +22,27 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "field"),
+    ("override", "field"),
     [
-        ({"workers": 0}, "workers"),
-        ({"sandbox.limits.time_limit_s": -1}, "sandbox.limits.time_limit_s"),
-        ({"sandbox.limits.time_limit_s": 100}, "time_limit_s: larger than max_time_limit_s"),
-        ({"sandbox.uid": 0}, "sandbox.uid"),
-        ({"sandbox.no_such_thing": 1}, "sandbox.no_such_thing"),
+        ("workers=0", "workers"),
+        ("sandbox.limits.time_limit_s=-1", "sandbox.limits.time_limit_s"),
+        ("sandbox.limits.time_limit_s=100", "time_limit_s: larger than max_time_limit_s"),
+        ("sandbox.uid=0", "sandbox.uid"),
+        ("sandbox.no_such_thing=1", "no field 'no_such_thing' in sandbox"),
     ],
 )
-def test_bad_values_name_their_field(overrides: dict[str, object], field: str) -> None:
+def test_bad_values_name_their_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        load_config(None, overrides)
+        load(JudgeConfig, None, [override])
 
 
 def test_override_syntax_is_checked() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        parse_override("workers")
+        load(JudgeConfig, None, ["workers"])
 
 
 def test_request_overrides_are_capped() -> None:
-    limits = load_config().sandbox.limits
+    limits = JudgeConfig().sandbox.limits
     resolved = resolve_limits(limits, 0.5, 256)
     assert not isinstance(resolved, str)
     assert (resolved.cpu_s, resolved.memory_mb) == (0.5, 256)

@@ -3,31 +3,18 @@ process, and what its run directory holds afterwards."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_supervisor() -> ModuleType:
-    """launch/supervisor.py as a module (it is a script, not part of a package)."""
-    spec = importlib.util.spec_from_file_location("supervisor", ROOT / "launch/supervisor.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["supervisor"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def scaled_tiny(generators: int = 2) -> dict[str, Any]:

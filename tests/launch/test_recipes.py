@@ -1,34 +1,33 @@
-"""Every shipped recipe validates, and the paper's recipes keep the paper's numbers."""
+"""Every shipped recipe validates, the paper's recipes keep the paper's numbers, a bad recipe is
+refused with the field, file and line, and `acerl run --dry-run` shows what a run would start."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from judge.config import JudgeConfig
-from learner.run import RunConfig
-from tests.launch.supervised import ROOT, load_supervisor
+from launch.recipe import load_recipe
+from launch.supervisor import local_address, progress_line
+from proto.config import ConfigError
+from tests.launch.supervised import ROOT
 
-supervisor = load_supervisor()
+RECIPES = ["tiny", "acereason-7b", "acereason-14b"]
 
 
-@pytest.mark.parametrize("name", ["tiny", "acereason-7b", "acereason-14b"])
+@pytest.mark.parametrize("name", RECIPES)
 def test_recipe_validates(name: str) -> None:
-    recipe = supervisor.load_recipe(ROOT / f"launch/recipes/{name}.yaml", [])
-    run = RunConfig.model_validate(
-        supervisor.substitute(recipe.learner, {"TINY_MODEL": "m", "TINY_TASKS": "t"})
-    )
-    JudgeConfig.model_validate(recipe.judge)
-    assert run.schedule.max_staleness == 0 and run.grpo.updates_per_batch == 1
+    recipe = load_recipe(ROOT / f"launch/recipes/{name}.yaml", [])
+    assert recipe.learner.schedule.max_staleness == 0 and recipe.learner.grpo.updates_per_batch == 1
+    assert "${" not in str(recipe.learner.model.path)  # the tiny default's names are filled in
 
 
 @pytest.mark.parametrize("name", ["acereason-7b", "acereason-14b"])
 def test_paper_schedule(name: str) -> None:
-    recipe = supervisor.load_recipe(ROOT / f"launch/recipes/{name}.yaml", [])
-    run = RunConfig.model_validate(recipe.learner)
+    run = load_recipe(ROOT / f"launch/recipes/{name}.yaml", []).learner
     stages = run.schedule.stages
     assert [(s.kind, s.max_response_tokens, s.n, s.batch_prompts) for s in stages] == [
         ("math", 8192, 8, 128),
@@ -44,24 +43,79 @@ def test_paper_schedule(name: str) -> None:
     assert (run.eval.temperature, run.eval.top_p) == (0.6, 0.95)
 
 
-def test_bad_overrides_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(supervisor.ConfigError, match="generators"):
-        supervisor.load_recipe(ROOT / "launch/recipes/tiny.yaml", ["generators=0"])
-    recipe = supervisor.load_recipe(ROOT / "launch/recipes/tiny.yaml", ["learner.schedule.max_staleness=-1"])
-    with pytest.raises(ValidationError, match=r"schedule\.max_staleness"):
-        RunConfig.model_validate(supervisor.substitute(recipe.learner, {}))
+def test_bad_overrides_name_the_field() -> None:
+    tiny = ROOT / "launch/recipes/tiny.yaml"
+    with pytest.raises(ConfigError, match="generators: Input should be greater than or equal to 1"):
+        load_recipe(tiny, ["generators=0"])
+    with pytest.raises(ConfigError, match=r"learner\.schedule\.max_staleness: "):
+        load_recipe(tiny, ["learner.schedule.max_staleness=-1"])
+    with pytest.raises(ConfigError, match=r"no field 'lr' in learner\.grpo"):
+        load_recipe(tiny, ["learner.grpo.lr=1"])
+    recipe = load_recipe(tiny, ["learner.schedule.stages.1.steps=3", "learner.optim.lr=1e-3"])
+    assert recipe.learner.schedule.stages[1].steps == 3 and recipe.learner.optim.lr == 1e-3
+
+
+def test_a_bad_value_in_the_file_names_its_line(tmp_path: Path) -> None:
+    text = (
+        (ROOT / "launch/recipes/tiny.yaml")
+        .read_text()
+        .replace("max_zero_variance_batches: 1", "max_zero_variance_batches: -1")
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "max_zero_variance_batches: -1" in row)
+    with pytest.raises(
+        ConfigError, match=rf"bad\.yaml, line {line}: learner\.schedule\.max_zero_variance_batches"
+    ):
+        load_recipe(path, [])
+
+
+def test_a_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("prepare: tiny\ngenerators: 1\nprepare: none\nlearner: {}\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml, line 3: duplicate key prepare \(first at line 1\)"):
+        load_recipe(path, [])
+
+
+def test_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "unknown.yaml"
+    path.write_text((ROOT / "launch/recipes/tiny.yaml").read_text() + "generatorz: 2\n")
+    with pytest.raises(ConfigError, match="generatorz: Extra inputs are not permitted"):
+        load_recipe(path, [])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_dry_run_prints_every_config_and_command_and_starts_nothing(name: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "run", "--dry-run", "--recipe", f"launch/recipes/{name}.yaml",
+         "--run-dir", str(run_dir), "learner.optim.lr=2e-6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    recipe = load_recipe(ROOT / f"launch/recipes/{name}.yaml", [])
+    for component in ["judge", "learner", *(f"generator{i}" for i in range(recipe.generators))]:
+        assert f"# {component}: " in out
+    assert " -m judge serve --config " in out and " -m learner run --config " in out
+    assert "lr: 2.0e-06" in out  # the override reached the learner's resolved config
+    assert "schedule:" in out and "sandbox:" in out and "credits:" in out
+    assert not run_dir.exists()  # nothing written, nothing started
 
 
 def test_servers_bound_off_loopback_are_reached_locally_over_loopback() -> None:
-    assert supervisor.local_address("tcp://0.0.0.0:5555") == "tcp://127.0.0.1:5555"
-    assert supervisor.local_address("tcp://*:5555") == "tcp://127.0.0.1:5555"
-    assert supervisor.local_address("tcp://127.0.0.1:7000") == "tcp://127.0.0.1:7000"
-    assert supervisor.local_address("ipc:///tmp/d.ipc") == "ipc:///tmp/d.ipc"
+    assert local_address("tcp://0.0.0.0:5555") == "tcp://127.0.0.1:5555"
+    assert local_address("tcp://*:5555") == "tcp://127.0.0.1:5555"
+    assert local_address("tcp://127.0.0.1:7000") == "tcp://127.0.0.1:7000"
+    assert local_address("ipc:///tmp/d.ipc") == "ipc:///tmp/d.ipc"
 
 
 def test_progress_line_shows_the_last_step_and_the_latest_held_out_accuracy(tmp_path: Path) -> None:
+    from learner.metrics import EvalRecord, TrainRecord, read_records
+
     metrics = tmp_path / "metrics.jsonl"
-    assert supervisor.progress_line(metrics) == "waiting for the first step"
+    assert progress_line(metrics) == "waiting for the first step"
+    written = tmp_path / "written.jsonl"
     records = [
         {"kind": "eval", "step": 0, "task": "math", "k": 4, "accuracy": 0.25},
         {"kind": "eval", "step": 0, "task": "math", "k": 1, "accuracy": 0.5},  # greedy: not shown
@@ -79,7 +133,8 @@ def test_progress_line_shows_the_last_step_and_the_latest_held_out_accuracy(tmp_
         },
         {"kind": "eval", "step": 1, "task": "math", "k": 4, "accuracy": 0.75},
     ]
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
-    line = supervisor.progress_line(metrics)
+    written.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert {type(r) for r in read_records(written)} <= {TrainRecord, EvalRecord}
+    line = progress_line(written)
     assert line.startswith("step    0  stage math-44  reward 0.300  acc 0.350  len 20  entropy 0.000")
     assert line.endswith("held-out math 0.750")

@@ -1,0 +1,1 @@
+"""Entry points and the supervisor: the `acerl` command and the programs that start components."""

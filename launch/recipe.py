@@ -1,0 +1,32 @@
+"""A recipe: one YAML file that configures a whole run, typed end to end. Its sections are the
+components' own config schemas; the supervisor only fills in what it decides at start (run
+directory, addresses, generator ids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from generator.config import GeneratorSettings
+from judge.config import JudgeConfig
+from launch.tiny_default import TinyPrepare, names_of_recipe
+from learner.config import RunConfig
+from proto.config import Config, load
+
+
+class Recipe(Config):
+    prepare: Literal["none", "tiny"] = "none"  # tiny: build the tiny default and fill in ${TINY_*}
+    tiny: TinyPrepare = TinyPrepare()
+    generators: int = Field(default=1, ge=1, description="generator processes on this node")
+    max_restarts: int = Field(default=5, ge=0, description="per component")
+    ready_timeout_s: float = Field(default=600.0, gt=0, description="for each component to come up")
+    judge: JudgeConfig = JudgeConfig()
+    generator: GeneratorSettings = GeneratorSettings()
+    learner: RunConfig
+
+
+def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
+    """The recipe at `path` with dotted overrides (`learner.optim.lr=1e-6`), ${TINY_*} filled in."""
+    return load(Recipe, path, overrides, names=names_of_recipe)
