@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +40,8 @@ from pathlib import Path
 import torch
 import zmq
 
+from generator.config import EngineConfig
+from launch.process_group import stop_process_group
 from learner.publisher import WeightPublisher
 from learner.tiny_model import write_tiny_model
 from proto.control import Ack, Hello
@@ -122,44 +126,86 @@ class Dispatcher:
         self.server.close()
 
 
-def start_process(command: list[str], ready: str, timeout_s: float) -> tuple[subprocess.Popen, list[str]]:
-    # a group of its own: stopping it also ends the engine processes it started
+@contextlib.contextmanager
+def running(command: list[str], ready: str, timeout_s: float) -> Iterator[tuple[subprocess.Popen, list[str]]]:
+    """`command` started, once `ready` is in its output: the process and its output lines so far.
+
+    Leaving stops it and everything it started (it runs in a session of its own), however the
+    block is left.
+    """
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()  # type: ignore[arg-type]
-    deadline = time.monotonic() + timeout_s
-    while not any(ready in line for line in lines):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process)
-            raise RuntimeError(f"{command[1:4]} did not start:\n{''.join(lines[-30:])}")
-        time.sleep(0.1)
-    return process, lines
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        deadline = time.monotonic() + timeout_s
+        while not any(ready in line for line in lines):
+            exited = process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                if exited:
+                    reader.join(timeout=2)  # its last lines, often the ones that say why
+                status = f"exited with {process.returncode}" if exited else f"not ready after {timeout_s:g} s"
+                raise RuntimeError(f"{command[1:4]} did not start ({status}):\n{failure_excerpt(lines)}")
+            time.sleep(0.1)
+        yield process, lines
+    finally:
+        stop_process_group(process, grace_s=30)
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+# The first line of a failure: a traceback, or a line logged at error level (structlog's JSON,
+# or vLLM's own format).
+FIRST_ERROR = re.compile(
+    r'Traceback \(most recent call last\)|"level": "(error|critical)"|\b(ERROR|CRITICAL)\b'
+)
+
+
+def failure_excerpt(lines: list[str], tail: int = 30, after_error: int = 40) -> str:
+    """A log's first error and the lines after it, then its last `tail` lines.
+
+    The tail alone often shows only the consequences (a shutdown, a second traceback).
+    """
+    start_of_tail = max(0, len(lines) - tail)
+    first = next((i for i, line in enumerate(lines) if FIRST_ERROR.search(line)), None)
+    if first is None or first >= start_of_tail:
+        return "".join(lines[start_of_tail:])  # the tail shows it
+    head = lines[first : min(first + after_error, start_of_tail)]
+    skipped = start_of_tail - first - len(head)
+    return (
+        f"first error (line {first + 1}):\n{''.join(head)}"
+        + (f"[... {skipped} lines ...]\n" if skipped else "")
+        + f"last {len(lines) - start_of_tail} lines:\n{''.join(lines[start_of_tail:])}"
+    )
 
 
 def start_generator(
     model: Path, dispatcher: str, judge: str, credits: int
-) -> tuple[subprocess.Popen, list[str]]:
+) -> contextlib.AbstractContextManager[tuple[subprocess.Popen, list[str]]]:
     command = [
         sys.executable, "-m", "generator",
-        "--learner", dispatcher, "--judge", judge, "--model", str(model),
-        "--generator-id", "bench", "--credits", str(credits),
-        "--max-model-len", str(MAX_MODEL_LEN), "--log-level", "info",
+        f"learner={dispatcher}", f"judge={judge}", f"model={model}",
+        "generator_id=bench", f"credits={credits}",
+        f"engine.max_model_len={MAX_MODEL_LEN}", "--log-level", "info",
     ]  # fmt: skip
-    return start_process(command, '"learner_connected"', 600)
+    return running(command, '"learner_connected"', 600)
+
+
+@contextlib.contextmanager
+def serving(
+    model: Path, judge: str, credits: int
+) -> Iterator[tuple[Dispatcher, subprocess.Popen, list[str]]]:
+    """A dispatcher and a generator of `model` connected to it; the generator's log on a failure."""
+    dispatcher = Dispatcher()
+    try:
+        with start_generator(model, dispatcher.address, judge, credits) as (generator, lines):
+            try:
+                yield dispatcher, generator, lines
+            except Exception:
+                print(failure_excerpt(lines, tail=300), file=sys.stderr)
+                raise
+    finally:
+        dispatcher.close()
 
 
 def work(tag: str, prompts: int, n: int, max_tokens: int, version: int = 0) -> list[WorkItem]:
@@ -216,6 +262,7 @@ def bench_throughput(
     llm = LLM(
         model=str(model), dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN,
         seed=0, logprobs_mode="processed_logprobs", enable_chunked_prefill=False,  # as the generator on CPU
+        kv_cache_memory_bytes=int(EngineConfig().cpu_kv_cache_gb * (1 << 30)),
     )  # fmt: skip
     service_rates, plain_rates = [], []
 
@@ -261,13 +308,15 @@ def bench_throughput(
             f"(wall {elapsed:.2f} s; CPU s {own_cpu() - cpu_before:.1f})"
         )
 
-    for round_index in range(args.rounds):
-        items = work(f"t{round_index}", args.prompts, args.n, args.max_tokens)
-        # Each goes first every other round: neither always runs on a machine just warmed up.
-        first, second = (service, plain) if round_index % 2 == 0 else (plain, service)
-        said = {first: first(items), second: second(items)}
-        print(f"   round {round_index}: {said[service]} | {said[plain]}")
-    llm.llm_engine.engine_core.shutdown()
+    try:
+        for round_index in range(args.rounds):
+            items = work(f"t{round_index}", args.prompts, args.n, args.max_tokens)
+            # Each goes first every other round: neither always runs on a machine just warmed up.
+            first, second = (service, plain) if round_index % 2 == 0 else (plain, service)
+            said = {first: first(items), second: second(items)}
+            print(f"   round {round_index}: {said[service]} | {said[plain]}")
+    finally:
+        llm.llm_engine.engine_core.shutdown()
     ratio = max(service_rates) / max(plain_rates)
     print(
         f"throughput ({args.prompts} prompts x n={args.n}, <= {args.max_tokens} tokens, "
@@ -412,6 +461,12 @@ def timeline(lines: list[str], total_s: float, timings: dict[str, float]) -> Pha
     return phases
 
 
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like an error, so that every `finally` stops what it started."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -425,6 +480,7 @@ def main() -> None:
     parser.add_argument("--big-layers", type=int, default=16)
     parser.add_argument("--skip-throughput", action="store_true", help="weight updates only")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     ratio = float("nan")
 
     with tempfile.TemporaryDirectory(prefix="bench-generator-") as tmp:
@@ -432,36 +488,17 @@ def main() -> None:
         tiny = write_tiny_model(tmp_dir / "tiny")
         big = write_tiny_model(tmp_dir / "big100m", hidden=args.big_hidden, layers=args.big_layers)
         judge_address = f"ipc://{tmp_dir}/judge.ipc"
-        judge, _ = start_process(
-            [sys.executable, "-m", "judge", "serve", "--bind", judge_address, "--workers", "1"],
+        with running(
+            [sys.executable, "-m", "judge", "serve", f"bind={judge_address}", "workers=1"],
             "judge_serving",
             120,
-        )
-        try:
-            dispatcher = Dispatcher()
-            generator, lines = start_generator(tiny, dispatcher.address, judge_address, args.prompts)
-            try:
+        ) as (judge, _):
+            with serving(tiny, judge_address, args.prompts) as (dispatcher, generator, lines):
                 if not args.skip_throughput:
                     ratio = bench_throughput(tiny, dispatcher, args, generator.pid, judge.pid)
                 bench_weight_update(tiny, dispatcher, generator, lines, args.updates)
-            except Exception:
-                print("".join(lines[-300:]), file=sys.stderr)
-                raise
-            finally:
-                stop_process(generator)
-                dispatcher.close()
-            dispatcher = Dispatcher()
-            generator, lines = start_generator(big, dispatcher.address, judge_address, 4)
-            try:
+            with serving(big, judge_address, 4) as (dispatcher, generator, lines):
                 update_s, raw_s = bench_weight_update(big, dispatcher, generator, lines, args.updates)
-            except Exception:
-                print("".join(lines[-300:]), file=sys.stderr)
-                raise
-            finally:
-                stop_process(generator)
-                dispatcher.close()
-        finally:
-            stop_process(judge)
     print(
         f"generator: throughput_ratio={ratio:.3f} weight_update_s={update_s:.3f} "
         f"weight_update_ratio={update_s / raw_s:.2f}"

@@ -30,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
-from judge.client import JudgeClient
 from judge.compare import stdout_difference
 from proto.judge import JudgeRequest, TestCase
+from proto.judge_client import JudgeClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,12 +105,9 @@ class Daemon:
             "-m",
             "judge",
             "serve",
-            "--bind",
-            address,
-            "--workers",
-            str(workers),
-            "--stats-interval-s",
-            "3600",
+            f"bind={address}",
+            f"workers={workers}",
+            "stats_interval_s=3600",
         ]
         self.process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []

@@ -23,9 +23,10 @@ import torch
 
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine, deepspeed_config, ensure_distributed, load_model
-from learner.logs import configure_logging
+from learner.grpo import select_groups
 from learner.tiny_model import write_tiny_model
 from learner.trainer import Learner
+from proto.logs import configure_logging
 from proto.rollout import Completion, RolloutGroup
 
 
@@ -56,6 +57,7 @@ def fixed_batch(vocab: int, prompts: int, n: int, max_response: int, seed: int =
                 kind="math",
                 stage=0,
                 policy_version=0,
+                temperature=1.0,
                 generator_id="bench",
                 prompt_token_ids=prompt,
                 completions=completions,
@@ -101,7 +103,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    configure_logging("warning")
+    configure_logging("bench", "warning")
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_tiny_model(Path(tmp) / "model", hidden=args.hidden, layers=args.layers)
@@ -116,7 +118,8 @@ def main() -> None:
         learner = Learner(cfg, PolicyEngine(cfg))
         plain = PlainLoop(cfg)
         groups = fixed_batch(learner.engine.module.config.vocab_size, args.prompts, args.n, args.max_response)
-        prepared = learner.prepare(groups)
+        batch = select_groups(groups, drop_zero_variance=cfg.grpo.drop_zero_variance)
+        prepared = learner.prepare(batch)
         tokens = sum(s.length for s in prepared.samples)
         params = sum(p.numel() for p in learner.engine.module.parameters())
         print(
@@ -132,7 +135,7 @@ def main() -> None:
             for name in ("learner", "plain") if i % 2 == 0 else ("plain", "learner"):
                 started = time.perf_counter()
                 if name == "learner":
-                    metrics = learner.train_step(groups)
+                    metrics = learner.train_step(batch)
                     assert metrics["trained"]
                 else:
                     plain.step(prepared.micro_batches, prepared.loss_tokens)

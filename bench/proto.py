@@ -56,6 +56,7 @@ def rollout(tokens: int, rng: np.random.Generator) -> RolloutGroup:
         kind="math",
         stage=0,
         policy_version=7,
+        temperature=1.0,
         generator_id="g0",
         prompt_token_ids=rng.integers(0, 150_000, 512, dtype=np.int32),
         completions=[completion],

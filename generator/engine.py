@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,37 @@ class Finished:
     samples: list[Sample] | None  # None: the engine aborted the request
 
 
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+
+
+def llm_kwargs(model: Path, config: EngineConfig, weight_path: WeightPath, *, cuda: bool) -> dict[str, Any]:
+    """The keyword arguments of `vllm.LLM`: what the config asks, then `config.args` as they are."""
+    enforce_eager = config.enforce_eager
+    if enforce_eager is None:
+        enforce_eager = not cuda  # graph capture buys nothing on CPU
+    dtype = config.dtype
+    if dtype == "auto" and not cuda:
+        dtype = "float32"  # vLLM picks bfloat16 on CPU, whose kernels die with SIGILL on these hosts
+    kwargs: dict[str, Any] = {
+        "model": str(model),
+        "tokenizer": str(model),
+        "dtype": dtype,
+        "seed": config.seed,
+        "enforce_eager": enforce_eager,
+        "logprobs_mode": config.logprobs_mode,
+        **engine_kwargs(weight_path),
+    }
+    if config.max_model_len is not None:
+        kwargs["max_model_len"] = config.max_model_len
+    if not cuda:
+        # vLLM-cpu crashes the engine ("CPU Generator does not use offset") when a seeded
+        # request's prefill is split across steps; whole prefills avoid it.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["kv_cache_memory_bytes"] = int(config.cpu_kv_cache_gb * (1 << 30))
+    kwargs.update(config.args)
+    return kwargs
+
+
 class Engine:
     def __init__(
         self, model: Path, config: EngineConfig, *, weight_path: WeightPath = "shm", version: int = 0
@@ -82,30 +114,19 @@ class Engine:
 
         self.model = model
         self.weight_path = weight_path
-        enforce_eager = config.enforce_eager
-        if enforce_eager is None:
-            enforce_eager = not torch.cuda.is_available()
-        dtype = config.dtype
-        if dtype == "auto" and not torch.cuda.is_available():
-            dtype = "float32"  # vLLM picks bfloat16 on CPU, whose kernels die with SIGILL on these hosts
-        kwargs: dict[str, Any] = {
-            "model": str(model),
-            "tokenizer": str(model),
-            "dtype": dtype,
-            "seed": config.seed,
-            "enforce_eager": enforce_eager,
-            "logprobs_mode": config.logprobs_mode,
-            **engine_kwargs(weight_path),
-        }
-        if config.max_model_len is not None:
-            kwargs["max_model_len"] = config.max_model_len
-        if not torch.cuda.is_available():
-            # vLLM-cpu crashes the engine ("CPU Generator does not use offset") when a seeded
-            # request's prefill is split across steps; whole prefills avoid it.
-            kwargs["enable_chunked_prefill"] = False
-        kwargs.update(config.args)
+        cuda = torch.cuda.is_available()
+        kwargs = llm_kwargs(model, config, weight_path, cuda=cuda)
         started = time.monotonic()
-        self.llm = LLM(**kwargs)
+        # vLLM-cpu would replace the configured KV cache size with VLLM_CPU_KVCACHE_SPACE (which
+        # launch/setup.sh exports): the variable is hidden while the engine and its workers start.
+        hidden = None if cuda else os.environ.pop(KV_CACHE_ENV, None)
+        if hidden is not None and hidden.strip() != f"{config.cpu_kv_cache_gb:g}":
+            log.warning("kv_cache_env_ignored", env=hidden, cpu_kv_cache_gb=config.cpu_kv_cache_gb)
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            if hidden is not None:
+                os.environ[KV_CACHE_ENV] = hidden
         for name, asked, used in overridden_args(self.llm.llm_engine.vllm_config, config.args):
             # the platform may replace a value (vLLM-cpu runs "uni" as "mp", for one)
             log.warning("engine_arg_overridden", arg=name, asked=asked, used=used)
@@ -250,15 +271,6 @@ class Engine:
             )
         return samples
 
-    def run(self, requests: Sequence[tuple[np.ndarray, Any]]) -> list[Finished]:
-        """Submit `requests` and step until all of them finish; results in request order."""
-        ids = [self.submit(prompt, params) for prompt, params in requests]
-        done: dict[str, Finished] = {}
-        while any(rid not in done for rid in ids):
-            for result in self.step():
-                done[result.request_id] = result
-        return [done[rid] for rid in ids]
-
     # -- weights --------------------------------------------------------------------------
 
     @property
@@ -382,9 +394,6 @@ class Engine:
             seconds=round(time.monotonic() - started, 3),
             **{k: round(v, 3) for k, v in parts.items()},
         )
-
-    def parameter_checksum(self) -> dict[str, float]:
-        return self.llm.collective_rpc("acerl_parameter_checksum")[0]
 
     def close(self) -> None:
         self._loader.close()

@@ -55,6 +55,7 @@ def rollout_group(
         kind=item.kind,
         stage=item.stage,
         policy_version=policy_version,
+        temperature=item.sampling.temperature,
         generator_id=generator_id,
         attempt=item.attempt,
         prompt_token_ids=prompt_token_ids,

@@ -28,16 +28,7 @@ import torch
 
 from generator.reload_channel import ReloadChannel, ReloadService
 from generator.weight_set import TensorEntry, WeightSet
-
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-}
+from proto.weights import DTYPES, torch_dtype
 
 WeightPath = Literal["shm", "ipc"]
 Layout = list[tuple[str, str, list[int], int]]  # (name, dtype, shape, offset in the file) per tensor
@@ -126,11 +117,6 @@ class WeightReloadExtension:
         self._acerl_tied: Tied = []
         return len(tied)
 
-    def acerl_parameter_checksum(self) -> dict[str, float]:
-        """Sum of every parameter, by name: lets a test see that a reload reached the workers."""
-        model = self.model_runner.get_model()  # type: ignore[attr-defined]
-        return {name: float(param.detach().double().sum()) for name, param in model.named_parameters()}
-
 
 Tied = list[tuple[torch.nn.Parameter, list[tuple[torch.nn.Module, str]]]]
 
@@ -161,7 +147,7 @@ class _MappedFiles:
             for other in [k for k in self._maps if k != key]:
                 self._retired.append(self._maps.pop(other))
             self.release_retired()
-        needed = max(offset + math.prod(shape) * _itemsize(dtype) for _, dtype, shape, offset in layout)
+        needed = max(offset + math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape, offset in layout)
         mapped = self._maps.get(key)
         if mapped is None or len(mapped) < needed:  # new, or grown since it was mapped
             if mapped is not None:
@@ -181,14 +167,10 @@ def _tensors(mapped: mmap.mmap, layout: Layout) -> Iterator[tuple[str, torch.Ten
     for name, dtype, shape, offset in layout:
         count = math.prod(shape)
         if count == 0:
-            yield name, torch.empty(shape, dtype=TORCH_DTYPES[dtype])
+            yield name, torch.empty(shape, dtype=torch_dtype(dtype))
             continue
-        flat = torch.frombuffer(mapped, dtype=TORCH_DTYPES[dtype], count=count, offset=offset)
+        flat = torch.frombuffer(mapped, dtype=torch_dtype(dtype), count=count, offset=offset)
         yield name, flat.view(shape)
-
-
-def _itemsize(dtype: str) -> int:
-    return torch.empty((), dtype=TORCH_DTYPES[dtype]).element_size()
 
 
 def _tied_parameters(model: torch.nn.Module) -> Tied:
@@ -311,7 +293,7 @@ def _load_over_ipc(llm: Any, weight_set: WeightSet) -> None:
 
     class _Source(WeightSource):
         def metadata(self) -> list[ParamMeta]:
-            return [ParamMeta(e.name, TORCH_DTYPES[e.dtype], tuple(e.shape)) for e in weight_set.entries]
+            return [ParamMeta(e.name, torch_dtype(e.dtype), tuple(e.shape)) for e in weight_set.entries]
 
         def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
             for name, tensor in weight_set.tensors():

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.weights import DTYPE_BYTES, WeightAnnounce, WeightChunk
+from proto.weights import DTYPES, DType, WeightAnnounce, WeightChunk, torch_dtype
 
 ALIGN = 64  # tensor starts in the file, for aligned copies
 
@@ -35,7 +35,7 @@ class WeightStreamError(ValueError):
 @dataclass(frozen=True)
 class TensorEntry:
     name: str
-    dtype: str
+    dtype: DType
     shape: tuple[int, ...]
     offset: int  # in the file
     nbytes: int
@@ -56,13 +56,11 @@ class WeightSet:
         """(name, torch tensor viewing the file) pairs, for loading in this process."""
         import torch
 
-        from generator.weight_loader import TORCH_DTYPES
-
         with open(self.path, "r+b") as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if self.total_bytes else b""
         for entry in self.entries:
-            dtype = TORCH_DTYPES[entry.dtype]
-            count = entry.nbytes // DTYPE_BYTES[entry.dtype]
+            dtype = torch_dtype(entry.dtype)
+            count = entry.nbytes // DTYPES[entry.dtype].itemsize
             if count == 0:
                 yield entry.name, torch.empty(entry.shape, dtype=dtype)
                 continue
@@ -88,9 +86,9 @@ def _shm_dir() -> str:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-def file_prefix(version: int, pid: int | None = None) -> str:
+def file_prefix(version: int) -> str:
     """Files are named after the process that writes them, so that orphans can be recognised."""
-    return f"{PREFIX}{os.getpid() if pid is None else pid}-v{version}-"
+    return f"{PREFIX}{os.getpid()}-v{version}-"
 
 
 def remove_orphans() -> list[Path]:
@@ -305,7 +303,7 @@ class WeightSetWriter:
         if entry is None:
             if chunk.offset != 0:
                 raise WeightStreamError(f"{chunk.name}: first chunk starts at byte {chunk.offset}, not 0")
-            nbytes = math.prod(shape) * DTYPE_BYTES[chunk.dtype]
+            nbytes = chunk.tensor_bytes
             start = -(-self._end // ALIGN) * ALIGN
             entry = TensorEntry(chunk.name, chunk.dtype, shape, start, nbytes)
             self._out.grow(start + nbytes)
@@ -362,10 +360,7 @@ class UnsupportedDtype(ValueError):
 
 
 # safetensors' names of the dtypes a weight stream carries
-_SAFETENSORS_DTYPES = {
-    "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-    "I64": "int64", "I32": "int32", "U8": "uint8",
-}  # fmt: skip
+_FROM_SAFETENSORS = {info.safetensors: name for name, info in DTYPES.items()}
 
 
 def safetensors_files(model: Path) -> list[Path]:
@@ -386,17 +381,17 @@ def read_safetensors(paths: Sequence[Path], version: int, files: WeightFiles | N
     import torch
     from safetensors import safe_open
 
-    dtypes: list[str] = []
+    dtypes: list[DType] = []
     total = 0
     for path in paths:  # sizes first, from the headers: the file is made large enough at once
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
                 meta = handle.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(meta.get_dtype())
+                dtype = _FROM_SAFETENSORS.get(meta.get_dtype())
                 if dtype is None:
                     raise UnsupportedDtype(f"{path.name}: {key} is {meta.get_dtype()}")
                 dtypes.append(dtype)
-                total += math.prod(meta.get_shape()) * DTYPE_BYTES[dtype]
+                total += math.prod(meta.get_shape()) * DTYPES[dtype].itemsize
     if not dtypes:
         raise WeightStreamError("the files hold no tensors")
     sizes = WeightAnnounce(version=version, num_tensors=len(dtypes), total_bytes=total)

@@ -3,24 +3,24 @@
 Verdicts are written in the order of the input lines. A line that is not a valid request gets a
 `bad_request` verdict saying what is wrong, and the other lines are still judged. Without
 `--connect` the command starts its own worker pool; with it, requests go to a running daemon
-through `judge.client.JudgeClient`.
+through `proto.judge_client.JudgeClient`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from pydantic import ValidationError
 
-from judge.client import JudgeClient
 from judge.config import JudgeConfig
 from judge.dispatch import Dispatcher
 from judge.pool import WorkerPool
 from judge.preflight import ready_sandbox
 from proto.curve import CurveClientKeys
 from proto.judge import JudgeRequest, Verdict
+from proto.judge_client import JudgeClient
 
 POLL_S = 0.05
 
@@ -86,36 +86,60 @@ class _Ordered:
         return self.total - self.next
 
 
+def _judge_in_order(
+    source: IO[str],
+    out: IO[str],
+    window: int,
+    submit: Callable[[int, JudgeRequest], bool],
+    collect: Callable[[], Iterable[tuple[int, Verdict]]],
+) -> int:
+    """Read the requests, hand each to `submit` with its input position, write the verdicts in input
+    order; returns the number of lines judged.
+
+    `submit` returns False when it cannot take the request yet; `collect` (which waits a little)
+    gives finished verdicts by position. At most `window` lines wait for a verdict: a slow request
+    holds back the output, and without a bound the input would pile up behind it.
+    """
+    ordered = _Ordered(out)
+
+    def receive() -> None:
+        for position, verdict in collect():
+            ordered.add(position, verdict)
+
+    for number, line in _lines(source):
+        position = ordered.total
+        ordered.total += 1
+        parsed = parse_line(number, line)
+        if isinstance(parsed, Verdict):
+            ordered.add(position, parsed)
+            continue
+        while ordered.waiting > window:
+            receive()
+        while not submit(position, parsed):
+            receive()
+    while ordered.waiting:
+        receive()
+    return ordered.total
+
+
 def check_local(config: JudgeConfig, source: IO[str], out: IO[str], window: int | None = None) -> int:
     """Judge with a local worker pool; returns the number of lines judged."""
     sandbox = ready_sandbox(config.sandbox)
     pool = WorkerPool(config, cgroups=sandbox.cgroups)
     dispatcher = Dispatcher(config, pool)
-    ordered = _Ordered(out)
-    window = window or 4 * config.workers
 
-    def collect() -> None:
+    def submit(position: int, request: JudgeRequest) -> bool:
+        return dispatcher.offer(position, request, position) != "busy"
+
+    def collect() -> Iterator[tuple[int, Verdict]]:
         for waiters, verdict in dispatcher.step(POLL_S):
             for waiter in waiters:
-                ordered.add(waiter, verdict)
+                yield waiter, verdict
 
     try:
-        for number, line in _lines(source):
-            position = ordered.total
-            ordered.total += 1
-            parsed = parse_line(number, line)
-            if isinstance(parsed, Verdict):
-                ordered.add(position, parsed)
-                continue
-            while ordered.waiting > window:
-                collect()
-            while dispatcher.offer(position, parsed, position) == "busy":
-                collect()
-        while ordered.waiting:
-            collect()
+        return _judge_in_order(source, out, window or 4 * config.workers, submit, collect)
     finally:
         pool.close()
-    return ordered.total
 
 
 def check_remote(
@@ -128,25 +152,18 @@ def check_remote(
     window: int = 256,
 ) -> int:
     """Judge through a running daemon; returns the number of lines judged."""
-    ordered = _Ordered(out)
     positions: dict[str, int] = {}  # request id -> input position
     with JudgeClient(address, curve=curve, request_timeout_s=timeout_s) as client:
 
-        def collect(wait_s: float) -> None:
-            for verdict in client.poll(wait_s):
-                ordered.add(positions.pop(verdict.id), verdict)
+        def submit(position: int, request: JudgeRequest) -> bool:
+            if request.id in positions:
+                return False  # a repeated id waits for the first one's verdict
+            positions[request.id] = position
+            client.submit(request)
+            return True
 
-        for number, line in _lines(source):
-            position = ordered.total
-            ordered.total += 1
-            parsed = parse_line(number, line)
-            if isinstance(parsed, Verdict):
-                ordered.add(position, parsed)
-                continue
-            while parsed.id in positions or ordered.waiting > window:
-                collect(POLL_S)  # a repeated id waits for the first one's verdict
-            positions[parsed.id] = position
-            client.submit(parsed)
-        while ordered.waiting:
-            collect(POLL_S)
-    return ordered.total
+        def collect() -> Iterator[tuple[int, Verdict]]:
+            for verdict in client.poll(POLL_S):
+                yield positions.pop(verdict.id), verdict
+
+        return _judge_in_order(source, out, window, submit, collect)

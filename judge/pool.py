@@ -120,17 +120,10 @@ class WorkerPool:
                 raise RuntimeError(f"judge workers did not start within {timeout_s} s")
             self.poll(0.05)
 
-    @property
-    def ready_workers(self) -> int:
-        return sum(worker.ready for worker in self._workers)
-
     # ---- tasks ---------------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
         return sum(len(worker.tasks) for worker in self._workers) + len(self._waiting)
-
-    def has_room(self, request: JudgeRequest) -> bool:
-        return self._slot_for(request) is not None
 
     def _slot_for(self, request: JudgeRequest) -> _Worker | None:
         idle = [worker for worker in self._workers if worker.ready and not worker.tasks]

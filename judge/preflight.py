@@ -27,8 +27,8 @@ def ready_sandbox(config: SandboxConfig) -> Sandbox:
     if config.unsafe_no_sandbox:
         log.warning(
             "unsafe_no_sandbox",
-            message="sandbox.unsafe_no_sandbox=true: submitted programs run WITHOUT nsjail, as this user, with "
-            "network and file system access. Use only for programs you trust.",
+            message="sandbox.unsafe_no_sandbox=true: submitted programs run WITHOUT nsjail, as this "
+            "user, with network and file system access. Use only for programs you trust.",
         )
     if not os.access(config.python, os.X_OK):
         raise SandboxUnavailable(f"the jail's Python {config.python} does not exist or is not executable")

@@ -17,8 +17,8 @@ from judge.config import SandboxConfig
 from judge.math_check import judge_math
 from judge.outcome import Outcome
 from judge.sandbox import Sandbox
-from proto.logs import configure_logging
 from proto.judge import JudgeRequest
+from proto.logs import configure_logging
 
 
 def judge(request: JudgeRequest, sandbox: Sandbox) -> Outcome:

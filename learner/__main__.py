@@ -1,6 +1,6 @@
 """`python -m learner`: the training run, or GRPO on rollout groups from a file or a demo task.
 
-    python -m learner run --config RUN.yaml [--resume] [--max-steps N] [key=value ...]
+    python -m learner run --config RUN.yaml [--resume] [--max-steps N] [--ready-file PATH] [key=value ...]
     python -m learner train --rollouts groups.bin --groups-per-step 8 [--config run.yaml] [key=value ...]
     python -m learner demo --steps 20 [--config run.yaml] [key=value ...]
 
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from learner.config import ConfigError, LearnerConfig, dump_config, load_config
-from learner.logs import configure_logging
+from learner.config import LearnerConfig
+from proto.config import ConfigError, dump, load, replace
+from proto.logs import LEVELS, configure_logging
 
 log = structlog.get_logger("learner")
 
@@ -37,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="YAML file of LearnerConfig fields")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         p.add_argument("--steps", type=int, help="stop after this many learner steps in total")
-        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        p.add_argument("--log-level", default="info", choices=LEVELS)
         p.add_argument(
             "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-6"
         )
@@ -53,59 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo_source(args: argparse.Namespace, learner: Any) -> Callable[[], tuple[list, dict[str, Any]]]:
-    from learner.bandit import TargetTokenBandit
-
-    vocab = learner.engine.module.config.vocab_size
-    task = TargetTokenBandit(
-        vocab, prompts=args.prompts, n=args.n, completion_len=args.completion_len, seed=learner.cfg.seed
-    )
-    temperature = learner.cfg.grpo.temperature
-
-    def next_batch() -> tuple[list, dict[str, Any]]:
-        module = learner.engine.module
-        extra = {"expected_reward": task.expected_reward(module, temperature=temperature)}
-        return task.sample(module, learner.version, temperature=temperature), extra
-
-    return next_batch
-
-
-def _file_source(
-    args: argparse.Namespace, learner: Any
-) -> tuple[Callable[[], tuple[list, dict[str, Any]]], int]:
-    from learner.rollout_file import read_groups
-
-    groups = list(read_groups(args.rollouts))
-    per_step = args.groups_per_step
-    if per_step < 1:
-        raise ConfigError("--groups-per-step: must be at least 1")
-    available = len(groups) // per_step
-    if available == 0:
-        raise ConfigError(f"--rollouts: {len(groups)} groups hold no full step of {per_step}")
-
-    def next_batch() -> tuple[list, dict[str, Any]]:
-        start = (learner.step % available) * per_step  # later epochs cycle through the file
-        return groups[start : start + per_step], {}
-
-    return next_batch, available
-
-
 def run(args: argparse.Namespace) -> int:
     base: dict[str, Any] = {}
     if args.command == "demo":
         base = {"run_dir": "runs/demo", "optim": {"lr": 2e-3}, "checkpoint": {"every_steps": 10}}
-    cfg: LearnerConfig = load_config(args.config, args.overrides, base=base)
+    cfg = load(LearnerConfig, args.config, args.overrides, base=base)
     if args.command == "demo" and cfg.model.path is None:
         from learner.tiny_model import write_tiny_model
 
-        cfg.model.path = cfg.run_dir / "tiny_model"
+        cfg = replace(cfg, model=replace(cfg.model, path=cfg.run_dir / "tiny_model"))
         if not (cfg.model.path / "config.json").exists():
             write_tiny_model(cfg.model.path, seed=cfg.seed)
     if cfg.model.path is None:
         raise ConfigError("model.path: required (a Hugging Face model directory)")
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg))
+    (cfg.run_dir / "config.yaml").write_text(dump(cfg))
 
+    from learner.batch_sources import BanditSource, FileSource
+    from learner.loop import run_loop
     from learner.metrics import MetricsWriter
     from learner.publisher import WeightPublisher
     from learner.trainer import Learner
@@ -113,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
     learner = Learner(cfg)
     resumed = learner.resume() if args.resume else None
     if args.command == "demo":
-        next_batch, default_steps = _demo_source(args, learner), 20
+        source = BanditSource(learner, prompts=args.prompts, n=args.n, completion_len=args.completion_len)
+        default_steps = 20
     else:
-        next_batch, default_steps = _file_source(args, learner)
+        source = FileSource(learner, args.rollouts, args.groups_per_step)
+        default_steps = source.steps_in_file
     steps = args.steps if args.steps is not None else default_steps
     metrics = MetricsWriter(cfg.run_dir, jsonl=cfg.metrics.jsonl, tensorboard=cfg.metrics.tensorboard)
     if resumed is not None:
@@ -132,27 +98,9 @@ def run(args: argparse.Namespace) -> int:
             send_timeout_s=cfg.publish.send_timeout_s,
             curve=None if keys is None else CurveServerKeys(keys, cfg.publish.clients_dir),
         )
-        publisher.publish(learner.version, learner.weights())
         log.info("publisher_ready", address=publisher.address, version=learner.version)
-    saved_at = resumed.step if resumed is not None else None
     try:
-        while learner.step < steps:
-            groups, extra = next_batch()
-            record = learner.train_step(groups)
-            record.update(extra)
-            if not record["trained"]:
-                metrics.write(record)
-                continue
-            if publisher is not None:
-                started = time.perf_counter()
-                publisher.publish(learner.version, learner.weights())
-                record["publish_s"] = time.perf_counter() - started
-            metrics.write(record)
-            if learner.due_checkpoint():
-                learner.save_checkpoint({"command": args.command})
-                saved_at = learner.step
-        if cfg.checkpoint.every_steps > 0 and saved_at != learner.step:
-            learner.save_checkpoint({"command": args.command})
+        run_loop(learner, source, metrics, publisher=publisher, max_steps=steps)
     finally:
         metrics.close()
         if publisher is not None:
@@ -168,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_main(argv[1:])
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging("learner", args.log_level)
     try:
         return run(args)
     except ConfigError as exc:

@@ -75,6 +75,7 @@ class TargetTokenBandit:
                     kind="math",
                     stage=stage,
                     policy_version=version,
+                    temperature=temperature,
                     generator_id="bandit",
                     prompt_token_ids=self.prompts[p],
                     completions=completions,

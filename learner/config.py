@@ -1,20 +1,26 @@
-"""The learner's typed configuration: defaults, then a YAML file, then dotted command-line overrides.
+"""The learner's typed configuration, read with `proto.config.load`:
 
-`load_config("run.yaml", ["grpo.kl_coef=0.01", "optim.lr=1e-6"])` returns a validated
-`LearnerConfig`; any bad or unknown field raises `ConfigError` naming it (`grpo.kl_coef: ...`).
+    cfg = load(RunConfig, "run.yaml", ["grpo.kl_coef=0.01", "optim.lr=1e-6"])
+
+`LearnerConfig` is what a training step needs (model, optimizer, GRPO, checkpoints, weight
+publishing); `RunConfig` adds the stage schedule, the dispatcher and the held-out evaluation of a
+full run (`python -m learner run`). Every section is frozen: what varies during a run (a stage's
+learning rate, its overlong masking) reaches the trainer as an argument or in a changed copy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
+
+from learner.schedule import Schedule
+from proto.config import Config
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Section(Config):
+    """A section of the learner's config: unknown keys are errors, and it never changes once loaded."""
 
 
 class ModelConfig(Section):
@@ -99,87 +105,38 @@ class LearnerConfig(Section):
         return self.checkpoint.dir if self.checkpoint.dir is not None else self.run_dir / "checkpoints"
 
 
-class ConfigError(ValueError):
-    """A configuration that does not validate; the message names every bad field."""
+class DispatchConfig(Section):
+    address: str = "tcp://127.0.0.1:5555"  # port `*`: the system picks one (see --ready-file)
+    secret_key: Path | None = None  # CURVE secret key file; required to bind off loopback
+    clients_dir: Path | None = None  # public keys of the only generators let in
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    # work pushed this long ago that a generator's heartbeat does not list is issued again
+    reconcile_grace_s: float = Field(default=10.0, gt=0)
+    overissue: float = Field(default=1.0, ge=1.0)  # with dynamic sampling: spare prompts in flight
+    batch_timeout_s: float = Field(default=1800.0, gt=0)  # no batch in this time stops the run
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a", "b", "c"], value parsed as YAML)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. grpo.kl_coef=0.01")
-    path = key.strip().split(".")
-    if any(not part for part in path):
-        raise ConfigError(f"override {text!r}: empty part in key {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from None
-    return path, value
+class EvalSet(Section):
+    task: Literal["math", "code"]
+    prompts: Path
+    limit: int | None = Field(default=None, ge=1)  # the first `limit` prompts only
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for depth, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                where = ".".join(path[: depth + 1])
-                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
-            node = child
-        node[path[-1]] = value
-    return data
+class EvalConfig(Section):
+    """Held-out evaluation before RL, at the end of every stage, and at the end."""
+
+    sets: list[EvalSet] = []
+    k: int = Field(default=4, ge=1)  # avg@k: samples per prompt at `temperature`
+    temperature: float = Field(default=0.6, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    greedy: bool = True  # also one greedy completion per prompt
+    max_tokens: int | None = Field(default=None, ge=1)  # default: the longest of the schedule's stages
+    timeout_s: float = Field(default=1800.0, gt=0)
 
 
-def format_errors(exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or "(root)"
-        got = f" (got {error['input']!r})" if error["type"] != "missing" and "input" in error else ""
-        lines.append(f"{field}: {error['msg']}{got}"[:500])
-    return "; ".join(lines)
+class RunConfig(LearnerConfig):
+    """A full training run: the learner, its stage schedule, dispatcher and held-out evaluation."""
 
-
-Config = TypeVar("Config", bound=BaseModel)
-
-
-def load_config(
-    path: Path | str | None = None,
-    overrides: list[str] | None = None,
-    schema: type[Config] = LearnerConfig,  # type: ignore[assignment]
-    base: dict[str, Any] | None = None,
-) -> Config:
-    """Defaults <- `base` <- YAML file at `path` <- dotted `overrides`, validated against `schema`."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {path}: expected a mapping at the top, got {type(loaded).__name__}"
-            )
-        data = _merge(data, loaded or {})
-    apply_overrides(data, list(overrides or []))
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid config: {format_errors(exc)}") from None
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def dump_config(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    schedule: Schedule
+    dispatch: DispatchConfig = DispatchConfig()
+    eval: EvalConfig = EvalConfig()

@@ -1,7 +1,8 @@
 """The work dispatcher: serves the work ledger to generators over ZeroMQ from its own thread.
 
 Generators speak to it as docs/protocol.md describes (Hello, Credit, RolloutGroup, WorkAborted,
-Heartbeat; it answers Ack and pushes WorkBatch, WorkCancel, WeightAnnounce, Shutdown). The
+Heartbeat; it answers Ack and pushes WorkBatch, WorkCancel, WeightAnnounce, Shutdown). Anyone may
+ask it for its `Status` (StatusRequest): the generators connected, the step, the version. The
 trainer calls `take_batch`, `publish` and `state` from its own thread; a lock guards the ledger.
 """
 
@@ -17,8 +18,9 @@ import structlog
 
 from learner.evaluation import PREFIX as EVAL_PREFIX
 from learner.evaluation import EvalRound
+from learner.grpo import Batch
 from learner.work_ledger import WorkLedger
-from proto.control import Ack, Heartbeat, Hello, Shutdown
+from proto.control import Ack, Heartbeat, Hello, Shutdown, Status, StatusRequest
 from proto.curve import CurveServerKeys
 from proto.message import Message
 from proto.rollout import RolloutGroup, WorkAborted
@@ -82,7 +84,7 @@ class Dispatcher:
         self._thread.start()
         return self
 
-    def take_batch(self, timeout_s: float) -> list[RolloutGroup]:
+    def take_batch(self, timeout_s: float) -> Batch:
         """Block until the batch of the next step is ready; TimeoutError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
@@ -97,7 +99,7 @@ class Dispatcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(
-                        f"no batch for step {self.ledger.next_step} within {timeout_s:.0f} s: "
+                        f"no batch for step {self.ledger.on_policy.next_step} within {timeout_s:.0f} s: "
                         f"{len(self.ledger.ready)} groups ready, {len(self.ledger.leases)} out, "
                         f"{len(self.generators)} generators connected"
                     )
@@ -171,6 +173,13 @@ class Dispatcher:
 
     def _handle(self, request: Request) -> None:
         message = request.message
+        if isinstance(message, StatusRequest):
+            self._server.reply(request, self._status())
+            return
+        if isinstance(message, (Hello, Heartbeat)) and message.role != "generator":
+            # a supervisor or another client checking that the dispatcher answers: no generator
+            self._server.reply(request, Ack())
+            return
         sender = getattr(message, "generator_id", None) or getattr(message, "sender", None)
         if not isinstance(message, (Hello, Credit, RolloutGroup, WorkAborted, Heartbeat)) or sender is None:
             self._server.reply_error(request, "bad_request", f"the dispatcher does not take {message.TYPE}")
@@ -208,6 +217,15 @@ class Dispatcher:
         elif isinstance(message, Heartbeat) and message.work_ids is not None and seen is not None:
             self._reconcile(sender, set(message.work_ids))
         self._server.reply(request, Ack(detail=detail))
+
+    def _status(self) -> Status:
+        return Status(
+            generators=sorted(self.generators),
+            step=self.ledger.on_policy.next_step,
+            version=self.announcement.version if self.announcement is not None else None,
+            stage=self.ledger.stage_index,
+            done=self.ledger.done,
+        )
 
     def _books(self) -> list[WorkLedger | EvalRound]:
         """Where leases are kept: the training ledger, and the evaluation round while one runs."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,31 +46,69 @@ def is_zero_variance(group: RolloutGroup) -> bool:
     return all(r == rewards[0] for r in rewards)
 
 
+Worth = Literal["unjudged", "zero_variance", "signal"]
+
+
+def screen(group: RolloutGroup) -> Worth:
+    """What a returned group is worth to training. Each group is screened once, where it enters a
+    batch: by the work ledger as it arrives from a generator (which can issue its prompt again),
+    or by `select_groups` for batches read from a file or sampled in-process."""
+    if is_unjudged(group):
+        return "unjudged"
+    return "zero_variance" if is_zero_variance(group) else "signal"
+
+
 @dataclass
-class GroupSelection:
-    """The groups of one batch sorted into what trains and what is counted and dropped."""
+class Batch:
+    """The groups of one step. `trained` carry gradient; `left_out` were judged but carry no
+    signal (zero variance) and were dropped, yet their completions still count in the step's
+    reward, accuracy and length figures; `unjudged` groups were dropped for a missing verdict."""
 
-    judged: list[RolloutGroup] = field(default_factory=list)  # every group with usable verdicts
-    trained: list[RolloutGroup] = field(default_factory=list)
-    advantages: list[np.ndarray] = field(default_factory=list)  # one array per trained group
+    trained: list[RolloutGroup]
+    left_out: list[RolloutGroup] = field(default_factory=list)
     unjudged: int = 0
-    zero_variance: int = 0  # among the judged groups, dropped or not
+
+    def __post_init__(self) -> None:
+        for group in self.trained:
+            if is_unjudged(group):
+                raise ValueError(f"rollout_group {group.work_id}: a verdict is missing; it cannot train")
+
+    @property
+    def groups(self) -> list[RolloutGroup]:
+        """Every judged group of the step, trained or left out."""
+        return self.trained + self.left_out
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the step's log-probabilities are taken at: the one every group was
+        sampled at, or 1 for greedy groups (temperature 0), whose tokens train as plain samples."""
+        temperatures = {group.temperature for group in self.groups}
+        if len(temperatures) > 1:
+            raise ValueError(
+                f"a batch sampled at temperatures {sorted(temperatures)}: one step takes log-probabilities "
+                "at one temperature, so every group of a batch must have been sampled at the same one"
+            )
+        temperature = temperatures.pop() if temperatures else 1.0
+        return temperature if temperature > 0 else 1.0
 
 
-def select_groups(groups: Sequence[RolloutGroup], *, drop_zero_variance: bool, eps: float) -> GroupSelection:
-    selection = GroupSelection()
+def select_groups(groups: Sequence[RolloutGroup], *, drop_zero_variance: bool) -> Batch:
+    """The batch of groups that did not come through the work ledger (a file, the demo)."""
+    batch = Batch(trained=[])
     for group in groups:
-        if is_unjudged(group):
-            selection.unjudged += 1
-            continue
-        selection.judged.append(group)
-        flat = is_zero_variance(group)
-        selection.zero_variance += flat
-        if flat and drop_zero_variance:
-            continue
-        selection.trained.append(group)
-        selection.advantages.append(group_advantages(np.array([c.reward for c in group.completions]), eps))
-    return selection
+        worth = screen(group)
+        if worth == "unjudged":
+            batch.unjudged += 1
+        elif worth == "zero_variance" and drop_zero_variance:
+            batch.left_out.append(group)
+        else:
+            batch.trained.append(group)
+    return batch
+
+
+def advantages(groups: Sequence[RolloutGroup], eps: float) -> list[np.ndarray]:
+    """One array per group: each completion's group-normalised reward."""
+    return [group_advantages(np.array([c.reward for c in group.completions]), eps) for group in groups]
 
 
 def is_correct(status: str) -> bool:

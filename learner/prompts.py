@@ -124,12 +124,13 @@ class PromptOrder:
         return order
 
     @property
-    def epoch_size(self) -> int:
-        return len(self._order)
+    def exhausted(self) -> bool:
+        """Has every prompt of this epoch been drawn?"""
+        return self.position == len(self._order)
 
     def next(self) -> str | None:
         """The next prompt id of this epoch, or None at its end (call `new_epoch`)."""
-        if self.position == len(self._order):
+        if self.exhausted:
             return None
         prompt_id = self._order[self.position]
         self.position += 1

@@ -22,19 +22,11 @@ from torch import Tensor
 
 from proto.curve import CurveServerKeys
 from proto.sockets import Request, Server, SocketLimits
-from proto.weights import DTYPE_BYTES, DType, WeightAnnounce, WeightChunk, WeightRequest, numpy_dtype
+from proto.weights import DTYPES, DType, WeightAnnounce, WeightChunk, WeightRequest, torch_dtype
 
 log = structlog.get_logger("learner.publisher")
 
-TORCH_DTYPES: dict[torch.dtype, DType] = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float64: "float64",
-    torch.int64: "int64",
-    torch.int32: "int32",
-    torch.uint8: "uint8",
-}
+TORCH_DTYPES: dict[torch.dtype, DType] = {torch_dtype(name): name for name in DTYPES}
 
 
 def raw_bytes(tensor: Tensor) -> memoryview:
@@ -69,47 +61,6 @@ def weight_chunks(tensors: Mapping[str, Tensor], version: int, chunk_bytes: int)
                 last=index == len(names) - 1 and end == len(data),
             )
             seq += 1
-
-
-class WeightAssembler:
-    """Rebuilds tensors from a version's chunks, checking order, version and coverage."""
-
-    def __init__(self, version: int) -> None:
-        self.version = version
-        self.next_seq = 0
-        self.done = False
-        self._buffers: dict[str, tuple[bytearray, WeightChunk]] = {}
-        self._filled: dict[str, int] = {}
-
-    def add(self, chunk: WeightChunk) -> bool:
-        """Take the next chunk; True once the final one arrived."""
-        if self.done:
-            raise ValueError("weight_chunk: received after the last chunk")
-        if chunk.version != self.version:
-            raise ValueError(f"weight_chunk.version: {chunk.version}, expected {self.version}")
-        if chunk.seq != self.next_seq:
-            raise ValueError(f"weight_chunk.seq: {chunk.seq}, expected {self.next_seq}")
-        self.next_seq += 1
-        if chunk.name not in self._buffers:
-            self._buffers[chunk.name] = (bytearray(chunk.tensor_bytes), chunk)
-            self._filled[chunk.name] = 0
-        buffer, _ = self._buffers[chunk.name]
-        buffer[chunk.offset : chunk.offset + chunk.data_bytes] = chunk.data
-        self._filled[chunk.name] += chunk.data_bytes
-        self.done = chunk.last
-        return self.done
-
-    def tensors(self) -> dict[str, Tensor]:
-        if not self.done:
-            raise ValueError("weight_chunk: the last chunk has not arrived")
-        out = {}
-        for name, (buffer, first) in self._buffers.items():
-            if self._filled[name] != len(buffer):
-                raise ValueError(f"{name}: {self._filled[name]} of {len(buffer)} bytes arrived")
-            array = np.frombuffer(bytes(buffer), dtype=numpy_dtype(first.dtype)).reshape(first.shape)
-            tensor = torch.from_numpy(array.copy())
-            out[name] = tensor.view(torch.bfloat16) if first.dtype == "bfloat16" else tensor
-        return out
 
 
 @dataclass
@@ -170,7 +121,7 @@ class WeightPublisher:
                 raise ValueError(f"{name}: publish CPU tensors (got {tensor.device})")
             if tensor.dtype not in TORCH_DTYPES:
                 raise ValueError(f"{name}: dtype {tensor.dtype} has no wire format")
-        total = sum(math.prod(t.shape) * DTYPE_BYTES[TORCH_DTYPES[t.dtype]] for t in tensors.values())
+        total = sum(math.prod(t.shape) * DTYPES[TORCH_DTYPES[t.dtype]].itemsize for t in tensors.values())
         announce = WeightAnnounce(
             version=version, num_tensors=len(tensors), total_bytes=total, address=self.address
         )

@@ -8,34 +8,41 @@ boundaries marked; writes the table of held-out accuracy per stage, throughput a
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
+from learner.metrics import EvalRecord, TrainRecord, read_records
+
 matplotlib.use("Agg")  # files only; no display here
 import matplotlib.pyplot as plt
 
 
-def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_metrics(run_dir: Path) -> tuple[list[TrainRecord], list[EvalRecord]]:
     path = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-    return [r for r in records if r.get("kind") == "train"], [r for r in records if r.get("kind") == "eval"]
+    records = read_records(path) if path.exists() else []
+    train = [r for r in records if isinstance(r, TrainRecord)]
+    return train, [r for r in records if isinstance(r, EvalRecord)]
 
 
-def stage_starts(train: list[dict[str, Any]]) -> list[tuple[int, str]]:
+def stage_of(record: TrainRecord) -> str:
+    return record.stage_name if record.stage_name is not None else str(record.stage)
+
+
+def stage_starts(train: list[TrainRecord]) -> list[tuple[int, str]]:
     starts, last = [], None
     for record in train:
-        name = record.get("stage_name", str(record.get("stage")))
+        name = stage_of(record)
         if name != last:
-            starts.append((record["step"], name))
+            starts.append((record.step, name))
             last = name
     return starts
 
 
-def plot(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[Path]:
+def plot(run_dir: Path, train: list[TrainRecord], evals: list[EvalRecord]) -> list[Path]:
     panels = [
         (
             "reward.png",
@@ -72,7 +79,7 @@ def plot(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]
     for filename, title, series in panels:
         figure, axis = plt.subplots(figsize=(7, 3.5))
         for key, label in series:
-            points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
+            points = [(r.step, getattr(r, key)) for r in train if getattr(r, key) is not None]
             if points:
                 axis.plot(*zip(*points, strict=True), label=label)
         mark_stages(axis)
@@ -85,12 +92,7 @@ def plot(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]
     figure, axis = plt.subplots(figsize=(7, 3.5))
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for record in evals:
-        mode = (
-            "greedy"
-            if record.get("k") == 1 and record.get("temperature", 1) == 0
-            else f"avg@{record.get('k')}"
-        )
-        curves[f"{record['task']} {mode}"].append((record["step"], record["accuracy"]))
+        curves[f"{record.task} {record.label}"].append((record.step, record.accuracy))
     for label, points in sorted(curves.items()):
         axis.plot(*zip(*sorted(points), strict=True), marker="o", label=label)
     mark_stages(axis)
@@ -103,21 +105,13 @@ def plot(run_dir: Path, train: list[dict[str, Any]], evals: list[dict[str, Any]]
     return written
 
 
-def eval_mode(record: dict[str, Any]) -> str:
-    return (
-        "greedy" if record.get("k") == 1 and record.get("temperature", 1) == 0 else f"avg@{record.get('k')}"
-    )
-
-
-def heldout_table(evals: list[dict[str, Any]]) -> list[str]:
+def heldout_table(evals: list[EvalRecord]) -> list[str]:
     """One row per evaluation point (before RL, after each stage), one column per task and mode."""
-    columns = sorted({(r["task"], eval_mode(r)) for r in evals})
-    rows: dict[int, dict[str, Any]] = {}
+    columns = sorted({(r.task, r.label) for r in evals})
+    rows: dict[int, dict[Any, Any]] = {}
     for r in evals:
-        row = rows.setdefault(
-            r["step"], {"when": "before RL" if r["step"] == 0 else f"after {r.get('stage_name')}"}
-        )
-        row[(r["task"], eval_mode(r))] = r["accuracy"]
+        row = rows.setdefault(r.step, {"when": "before RL" if r.step == 0 else f"after {r.stage_name}"})
+        row[(r.task, r.label)] = r.accuracy
     lines = [
         "| step | when | " + " | ".join(f"{task} {mode}" for task, mode in columns) + " |",
         "|---" * (len(columns) + 2) + "|",
@@ -128,12 +122,12 @@ def heldout_table(evals: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def heldout_gains(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[str]:
+def heldout_gains(train: list[TrainRecord], evals: list[EvalRecord]) -> list[str]:
     """Per task: sampled held-out accuracy before its first stage and after its last one."""
     lines = []
-    for task in sorted({r["task"] for r in evals}):
-        steps = [r["step"] for r in train if r.get("task") == task]
-        sampled = sorted((r["step"], r["accuracy"]) for r in evals if r["task"] == task and r.get("k", 1) > 1)
+    for task in sorted({r.task for r in evals}):
+        steps = [r.step for r in train if r.task == task]
+        sampled = sorted((r.step, r.accuracy) for r in evals if r.task == task and r.k > 1)
         if not steps or not sampled:
             continue
         # evaluations run before a stage's first step and after its last step's update
@@ -147,6 +141,15 @@ def heldout_gains(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> l
     return lines
 
 
+def sampled_accuracy(record: TrainRecord) -> float:
+    """Accuracy over every group sampled, where the run counted the ones dynamic sampling left out."""
+    return record.sampled_accuracy if record.sampled_accuracy is not None else record.accuracy
+
+
+def total(values: Iterable[float | None]) -> float:
+    return sum(v for v in values if v is not None)
+
+
 def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path:
     train, evals = read_metrics(run_dir)
     plots = plot(run_dir, train, evals)
@@ -154,9 +157,9 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     if evals:
         lines += ["## Held-out accuracy", "", *heldout_table(evals), "", *heldout_gains(train, evals), ""]
     if train:
-        by_stage: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_stage: dict[str, list[TrainRecord]] = defaultdict(list)
         for r in train:
-            by_stage[r.get("stage_name", str(r.get("stage")))].append(r)
+            by_stage[stage_of(r)].append(r)
         lines += [
             "## Training",
             "",
@@ -165,11 +168,11 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
         ]
         for name, records in by_stage.items():
 
-            def mean(key: str, rs: list[dict[str, Any]] = records) -> float:
-                values = [r[key] for r in rs if r.get(key) is not None]
+            def mean(key: str, rs: list[TrainRecord] = records) -> float:
+                values = [getattr(r, key) for r in rs if getattr(r, key) is not None]
                 return sum(values) / len(values) if values else 0.0
 
-            first, last = (records[i].get("sampled_accuracy", records[i]["accuracy"]) for i in (0, -1))
+            first, last = (sampled_accuracy(records[i]) for i in (0, -1))
             lines.append(
                 f"| {name} | {len(records)} | {first:.3f} → {last:.3f}"
                 f" | {mean('response_len_mean'):.0f} | {mean('step_s'):.2f} | {mean('wait_s'):.2f} | "
@@ -179,10 +182,10 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
     for part, seconds in (timings or {}).items():
         lines.append(f"| {part} | {seconds:.0f} |")
     lines += [
-        f"| learner steps ({len(train)}) | {sum(r.get('step_s', 0) for r in train):.0f} |",
-        f"| waiting for batches (generation, judging) | {sum(r.get('wait_s', 0) for r in train):.0f} |",
-        f"| publishing weights | {sum(r.get('publish_s', 0) for r in train):.0f} |",
-        f"| held-out evaluation ({len(evals)} evaluations) | {sum(r.get('eval_s', 0) for r in evals):.0f} |",
+        f"| learner steps ({len(train)}) | {total(r.step_s for r in train):.0f} |",
+        f"| waiting for batches (generation, judging) | {total(r.wait_s for r in train):.0f} |",
+        f"| publishing weights | {total(r.publish_s for r in train):.0f} |",
+        f"| held-out evaluation ({len(evals)} evaluations) | {total(r.eval_s for r in evals):.0f} |",
     ]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     report = run_dir / "report.md"

@@ -1,10 +1,10 @@
 """The training run: the stage schedule, driven through the dispatcher and its version gate.
 
-publish v0
-loop over steps v = 0, 1, ...:
+The dispatcher is a batch source for the one training loop (learner/loop.py):
     batch  <- dispatcher.take_batch()    # only groups sampled with versions v-k .. v
-    learner.train_step(batch)            # one GRPO update: weights v -> v+1
+    learner.train_step(batch)            # one GRPO update: weights v -> v+1, at the stage's settings
     publish v+1                          # generators fetch it; work for v+1 is issued
+    evaluate the held-out sets before RL and after every stage
     checkpoint every N steps, with the dispatcher's state inside
 """
 
@@ -12,80 +12,54 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
-from pydantic import Field
 
 from learner.batch_log import BatchLog
-from learner.config import LearnerConfig, Section
+from learner.config import EvalSet, RunConfig
 from learner.dispatcher import Dispatcher
 from learner.evaluation import EvalRound
-from learner.metrics import MetricsWriter
+from learner.grpo import Batch
+from learner.loop import BatchSource, Taken, run_loop
+from learner.metrics import EvalRecord, MetricsWriter
+from learner.on_policy import OnPolicyClock
 from learner.prompts import Prompt, load_prompts
 from learner.publisher import WeightPublisher
-from learner.schedule import Schedule
+from learner.schedule import Stage
 from learner.trainer import Learner
 from learner.work_ledger import WorkLedger, split_work_id
 from proto.curve import CurveServerKeys
+from proto.ready import announce_ready
+from proto.weights import WeightAnnounce
 from proto.work import SamplingParams
 
 log = structlog.get_logger("learner.run")
-
-
-class DispatchConfig(Section):
-    address: str = "tcp://127.0.0.1:5555"
-    secret_key: Path | None = None  # CURVE secret key file; required to bind off loopback
-    clients_dir: Path | None = None  # public keys of the only generators let in
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
-    # work pushed this long ago that a generator's heartbeat does not list is issued again
-    reconcile_grace_s: float = Field(default=10.0, gt=0)
-    overissue: float = Field(default=1.0, ge=1.0)  # with dynamic sampling: spare prompts in flight
-    batch_timeout_s: float = Field(default=1800.0, gt=0)  # no batch in this time stops the run
-
-
-class EvalSet(Section):
-    task: Literal["math", "code"]
-    prompts: Path
-    limit: int | None = Field(default=None, ge=1)  # the first `limit` prompts only
-
-
-class EvalConfig(Section):
-    """Held-out evaluation before RL, at the end of every stage, and at the end."""
-
-    sets: list[EvalSet] = []
-    k: int = Field(default=4, ge=1)  # avg@k: samples per prompt at `temperature`
-    temperature: float = Field(default=0.6, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    greedy: bool = True  # also one greedy completion per prompt
-    max_tokens: int | None = Field(default=None, ge=1)  # default: the longest of the schedule's stages
-    timeout_s: float = Field(default=1800.0, gt=0)
-
-
-class RunConfig(LearnerConfig):
-    schedule: Schedule
-    dispatch: DispatchConfig = DispatchConfig()
-    eval: EvalConfig = EvalConfig()
 
 
 class GateViolation(RuntimeError):
     """A batch held a group the version gate or the stage should have kept out (a bug, never data)."""
 
 
-def check_batch(batch: list, step: int, stage_index: int, max_staleness: int) -> None:
-    for group in batch:
-        if not step - max_staleness <= group.policy_version <= step:
+def check_batch(batch: Batch, step: int, stage_index: int, on_policy: OnPolicyClock) -> None:
+    """Check again, before training, what the work ledger let into the batch."""
+    for group in batch.groups:
+        if not on_policy.admits(group.policy_version, step):
             raise GateViolation(f"{group.work_id}: version {group.policy_version} trained at step {step}")
         if group.stage != stage_index:
             raise GateViolation(f"{group.work_id}: stage {group.stage} trained in stage {stage_index}")
 
 
-def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None) -> dict[str, Any]:
-    """Run the schedule to its end (or `max_steps`); returns a summary."""
+def train(
+    cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None, ready_file: Path | None = None
+) -> dict[str, Any]:
+    """Run the schedule to its end (or `max_steps`); returns a summary. Once the dispatcher and the
+    weight publisher are bound, their addresses are written to `ready_file`."""
     schedule = cfg.schedule
     prompt_sets = [load_prompts(stage.prompts, stage.kind) for stage in schedule.stages]
-    ledger = WorkLedger(schedule, prompt_sets, overissue=cfg.dispatch.overissue)
-    learner = Learner(cfg)
+    on_policy = OnPolicyClock(schedule.max_staleness)  # the ledger's gate and the learner's count
+    ledger = WorkLedger(schedule, prompt_sets, on_policy, overissue=cfg.dispatch.overissue)
+    learner = Learner(cfg, on_policy=on_policy)
     metrics = MetricsWriter(cfg.run_dir, jsonl=cfg.metrics.jsonl, tensorboard=cfg.metrics.tensorboard)
     batches = BatchLog(cfg.run_dir)
     if resume and (state := learner.resume()) is not None:
@@ -115,24 +89,12 @@ def train(cfg: RunConfig, *, resume: bool = False, max_steps: int | None = None)
     )
     log.info("dispatcher_ready", address=dispatcher.address, weights=publisher.address)
     dispatcher.start()
-    saved_at = learner.step
+    announce_ready(ready_file, dispatch=dispatcher.address, weights=publisher.address)
     started = time.perf_counter()
     eval_sets = [(spec, load_prompts(spec.prompts, spec.task)[: spec.limit]) for spec in cfg.eval.sets]
+    source = ScheduleSource(cfg, learner, dispatcher, metrics, batches, eval_sets)
     try:
-        dispatcher.publish(publisher.publish(learner.version, learner.weights()))
-        if learner.step == 0:
-            _evaluate(cfg, eval_sets, learner, dispatcher, metrics)
-        while not ledger.done and (max_steps is None or learner.step < max_steps):
-            stage_before = ledger.stage_index
-            record = _one_step(cfg, learner, dispatcher, publisher, batches)
-            metrics.write(record)
-            if ledger.stage_index != stage_before:
-                _evaluate(cfg, eval_sets, learner, dispatcher, metrics, stage=stage_before)
-            if learner.due_checkpoint():
-                learner.save_checkpoint({"dispatcher": dispatcher.state()})
-                saved_at = learner.step
-        if cfg.checkpoint.every_steps > 0 and saved_at != learner.step:
-            learner.save_checkpoint({"dispatcher": dispatcher.state()})
+        run_loop(learner, source, metrics, publisher=publisher, max_steps=max_steps)
     finally:
         dispatcher.stop(reason="run finished" if ledger.done else "learner stopped")
         publisher.close()
@@ -163,126 +125,164 @@ def _evaluate(
     for spec, prompts in eval_sets:
         longest = max((s.max_response_tokens for s in stages if s.kind == spec.task), default=None)
         max_tokens = e.max_tokens or longest or max(s.max_response_tokens for s in stages)
+        like = _stage_like(stages, spec.task, stage)
+        stop = like.stop if like is not None else []
         for k, temperature in modes:
             mode = "greedy" if temperature == 0 else f"avg{k}"
-            sampling = SamplingParams(n=k, max_tokens=max_tokens, temperature=temperature, top_p=e.top_p)
+            sampling = SamplingParams(
+                n=k, max_tokens=max_tokens, temperature=temperature, top_p=e.top_p, stop=stop
+            )
             evaluation = EvalRound(
                 f"{learner.step}/{spec.task}/{mode}",
                 spec.task,
                 prompts,
                 sampling,
-                version=learner.version,
+                on_policy=learner.on_policy,
                 stage=stage,
                 lease_s=cfg.schedule.lease_s,
+                template=like.prompt_template if like is not None else "{prompt}",
                 max_attempts=cfg.schedule.max_attempts,
             )
             started = time.perf_counter()
             dispatcher.evaluate(evaluation, e.timeout_s)
-            record = {
-                "kind": "eval",
-                "step": learner.step,
-                "stage": stage,
-                "stage_name": stages[stage].name,
-                "task": spec.task,
-                "mode": mode,
-                "accuracy": evaluation.accuracy(),
-                "k": k,
-                "temperature": temperature,
-                "n": len(evaluation.results),
-                "skipped": evaluation.skipped,
-                "eval_s": time.perf_counter() - started,
-            }
+            record = EvalRecord(
+                step=learner.step,
+                stage=stage,
+                stage_name=stages[stage].name,
+                task=spec.task,
+                mode=mode,
+                accuracy=evaluation.accuracy(),
+                k=k,
+                temperature=temperature,
+                n=len(evaluation.results),
+                skipped=evaluation.skipped,
+                eval_s=time.perf_counter() - started,
+            )
             metrics.write(record)
-            log.info("evaluated", **{key: record[key] for key in ("step", "task", "mode", "accuracy", "n")})
+            log.info("evaluated", **record.model_dump(include={"step", "task", "mode", "accuracy", "n"}))
 
 
-def _one_step(
-    cfg: RunConfig, learner: Learner, dispatcher: Dispatcher, publisher: WeightPublisher, batches: BatchLog
-) -> dict[str, Any]:
-    ledger = dispatcher.ledger
-    stage_index = ledger.stage_index
-    stage = cfg.schedule.stages[stage_index]
-    learner.engine.set_lr(stage.learning_rate)
-    cfg.grpo.mask_truncated = stage.mask_truncated
-    cfg.grpo.drop_zero_variance = cfg.schedule.dynamic_sampling
-    counts_before = dispatcher.counts()
-    waited = time.perf_counter()
-    batch = dispatcher.take_batch(cfg.dispatch.batch_timeout_s)
-    wait_s = time.perf_counter() - waited
-    step = learner.step
-    check_batch(batch, step, stage_index, cfg.schedule.max_staleness)
-    batches.write(step, stage_index, batch)
-    epoch = split_work_id(batch[0].work_id)[1]
-    _, temperature = stage.sampling_at(epoch)
-    record = learner.train_step(batch, temperature=temperature if temperature > 0 else 1.0)
-    if not record["trained"]:
-        learner.step += 1  # nothing carried gradient: the weights stay, the version still moves on
-        learner.version += 1
-        for key in (
-            "loss",
-            "entropy",
-            "logprob_mismatch",
-            "logprob_mismatch_max",
-            "grad_norm",
-            "tokens_per_s",
-        ):
-            record.setdefault(key, None)  # not measured: no trained token (written as null)
-    published = time.perf_counter()
-    dispatcher.publish(publisher.publish(learner.version, learner.weights()))
-    counts = dispatcher.counts()
-    delta = {key: counts.get(key, 0) - counts_before.get(key, 0) for key in counts}
-    judged_groups = delta.get("accepted", 0) + delta.get("zero_variance", 0)
-    # accuracy is over the trained batch, which dynamic sampling biases towards hard prompts;
-    # sampled_accuracy also counts the groups it left out: what the policy does on the prompts
-    trained = sum(len(group.completions) for group in batch)
-    left_out = delta.get("zero_variance_completions", 0)
-    sampled_accuracy = (record["accuracy"] * trained + delta.get("zero_variance_correct", 0)) / (
-        trained + left_out
-    )
-    record.update(
-        stage=stage_index,
-        stage_name=stage.name,
-        task=stage.kind,
-        epoch=epoch,
-        policy_version=step,
-        wait_s=wait_s,
-        publish_s=time.perf_counter() - published,
-        zero_var_frac=delta.get("zero_variance", 0) / judged_groups if judged_groups else 0.0,
-        sampled_accuracy=sampled_accuracy,
-        # wall clock (Unix seconds) once the step's weights are out: steps per second over a run
-        # are read from these, wait and publish included, which step_s alone leaves out
-        time=time.time(),
-        **{f"dispatch_{key}": value for key, value in delta.items() if value},
-    )
-    return record
+def _stage_like(stages: list[Stage], task: str, at: int) -> Stage | None:
+    """The stage whose prompt template and stop strings an evaluation of `task` after stage `at`
+    uses, as its training does: the last stage of that task up to `at`, else the first after."""
+    of_task = [index for index, stage in enumerate(stages) if stage.kind == task]
+    if not of_task:
+        return None
+    up_to = [index for index in of_task if index <= at]
+    return stages[up_to[-1] if up_to else of_task[0]]
+
+
+class ScheduleSource(BatchSource):
+    """Batches from the dispatcher, stage after stage, each step at its stage's learning rate and
+    overlong filtering; the held-out sets are scored before RL and after every stage."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        learner: Learner,
+        dispatcher: Dispatcher,
+        metrics: MetricsWriter,
+        batches: BatchLog,
+        eval_sets: list[tuple[EvalSet, list[Prompt]]],
+    ) -> None:
+        self.cfg, self.learner, self.dispatcher = cfg, learner, dispatcher
+        self.metrics, self.batches, self.eval_sets = metrics, batches, eval_sets
+        self.stage_taken: int | None = None  # the stage of the last batch taken
+        self.taken = Batch(trained=[])
+        self.counts_before: dict[str, int] = {}
+
+    @property
+    def done(self) -> bool:
+        return self.dispatcher.ledger.done
+
+    def take(self) -> Taken:
+        ledger = self.dispatcher.ledger
+        stage_index = ledger.stage_index
+        stage = self.cfg.schedule.stages[stage_index]
+        self.counts_before = self.dispatcher.counts()
+        waited = time.perf_counter()
+        batch = self.dispatcher.take_batch(self.cfg.dispatch.batch_timeout_s)
+        wait_s = time.perf_counter() - waited
+        step = self.learner.step
+        check_batch(batch, step, stage_index, ledger.on_policy)
+        self.batches.write(step, stage_index, batch.groups)
+        self.stage_taken, self.taken = stage_index, batch
+        fields = {
+            "stage": stage_index,
+            "stage_name": stage.name,
+            "task": stage.kind,
+            "epoch": split_work_id(batch.groups[0].work_id)[1],
+            "wait_s": wait_s,
+        }
+        return Taken(batch, lr=stage.learning_rate, mask_truncated=stage.mask_truncated, fields=fields)
+
+    def published(self, announcement: WeightAnnounce) -> None:
+        self.dispatcher.publish(announcement)
+
+    def finish(self, record: dict[str, Any]) -> None:
+        counts = self.dispatcher.counts()
+        delta = {key: counts.get(key, 0) - self.counts_before.get(key, 0) for key in counts}
+        judged_groups = delta.get("accepted", 0) + delta.get("zero_variance", 0)
+        # accuracy is over the trained batch, which dynamic sampling biases towards hard prompts;
+        # sampled_accuracy also counts the groups it left out: what the policy does on the prompts
+        trained = sum(len(group.completions) for group in self.taken.groups)
+        left_out = delta.get("zero_variance_completions", 0)
+        sampled_accuracy = (record["accuracy"] * trained + delta.get("zero_variance_correct", 0)) / (
+            trained + left_out
+        )
+        record.update(
+            zero_var_frac=delta.get("zero_variance", 0) / judged_groups if judged_groups else 0.0,
+            sampled_accuracy=sampled_accuracy,
+            # wall clock (Unix seconds) once the step's weights are out: steps per second over a run
+            # are read from these, wait and publish included, which step_s alone leaves out
+            time=time.time(),
+            **{f"dispatch_{key}": value for key, value in delta.items() if value},
+        )
+
+    def between_steps(self) -> None:
+        if self.stage_taken is None:
+            if self.learner.step == 0:
+                self._evaluate(stage=0)
+        elif self.dispatcher.ledger.stage_index != self.stage_taken:
+            self._evaluate(stage=self.stage_taken)
+
+    def _evaluate(self, stage: int) -> None:
+        _evaluate(self.cfg, self.eval_sets, self.learner, self.dispatcher, self.metrics, stage=stage)
+
+    def state(self) -> dict[str, Any]:
+        return {"dispatcher": self.dispatcher.state()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m learner.run --config RUN.yaml [--resume] [--max-steps N] [key=value ...]`."""
+    """`python -m learner run --config RUN.yaml [--resume] [--max-steps N] [--ready-file PATH]
+    [--log-level L] [key=value ...]`; 2 on a bad configuration."""
     import argparse
     import sys
 
-    from learner.config import ConfigError, dump_config, load_config
-    from learner.logs import configure_logging
+    from proto.config import ConfigError, dump, load
+    from proto.logs import LEVELS, configure_logging
 
-    parser = argparse.ArgumentParser(prog="python -m learner.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m learner run", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, required=True, help="YAML file of RunConfig fields")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--ready-file", type=Path, help="once bound, write the dispatcher's and weights' addresses here"
+    )
+    parser.add_argument("--log-level", default="info", choices=LEVELS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging("learner", args.log_level)
     try:
-        cfg = load_config(args.config, args.overrides, schema=RunConfig)
+        cfg = load(RunConfig, args.config, args.overrides)
         if cfg.model.path is None:
             raise ConfigError("model.path: required (a Hugging Face model directory)")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.yaml").write_text(dump_config(cfg))
-    summary = train(cfg, resume=args.resume, max_steps=args.max_steps)
+    (cfg.run_dir / "config.yaml").write_text(dump(cfg))
+    summary = train(cfg, resume=args.resume, max_steps=args.max_steps, ready_file=args.ready_file)
     return 0 if summary["done"] or args.max_steps is not None else 1
 
 

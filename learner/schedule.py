@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from proto.config import Config
 
 
-class Stage(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Stage(Config):
     name: str = Field(min_length=1)
     kind: Literal["math", "code"]
     prompts: Path  # a prompt set file (see learner/prompts.py)
@@ -45,9 +45,7 @@ class Stage(BaseModel):
         return n, temperature
 
 
-class Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Schedule(Config):
     stages: list[Stage] = Field(min_length=1)
     max_staleness: int = Field(default=0, ge=0)  # 0: strictly on-policy
     dynamic_sampling: bool = True  # drop groups whose rewards are all equal; top the batch up
@@ -57,7 +55,3 @@ class Schedule(BaseModel):
     seed: int = 0
     lease_s: float = Field(default=600.0, gt=0)  # a prompt not answered in this time is re-issued
     max_attempts: int = Field(default=3, ge=1)  # issues of one prompt before it is skipped
-
-    @property
-    def total_steps(self) -> int:
-        return sum(stage.steps for stage in self.stages)

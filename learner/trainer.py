@@ -1,7 +1,7 @@
-"""One GRPO learner step: judged rollout groups in, one policy update (version v -> v+1) out.
+"""One GRPO learner step: a batch of judged rollout groups in, one policy update (version v -> v+1) out.
 
-    groups -> select (drop unjudged, count/drop zero-variance) -> advantages -> micro-batches
-           -> for each update: forward, token loss / global token count, backward -> engine.step
+    batch (screened where it came in: grpo.screen) -> advantages -> micro-batches
+          -> for each update: forward, token loss / global token count, backward -> engine.step
 
 The first update's log-probs (detached) are the "old" policy for later updates, so the default
 single update is exactly on-policy (ratio 1). Diagnostics (entropy, mismatch against the
@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,18 @@ from learner import checkpoint
 from learner.batching import MicroBatch, SequenceSample, build_samples, micro_batches
 from learner.config import LearnerConfig
 from learner.engine import PolicyEngine, all_reduce_sum, world_size
-from learner.grpo import GroupSelection, is_correct, logprob_mismatch, select_groups, token_loss
-from proto.rollout import RolloutGroup
+from learner.grpo import Batch, advantages, is_correct, is_zero_variance, logprob_mismatch, token_loss
+from learner.on_policy import OnPolicyClock
 
 log = structlog.get_logger("learner.trainer")
+
+# measures of the update that a step without a trained token cannot take
+UNMEASURED = ("loss", "entropy", "logprob_mismatch", "logprob_mismatch_max", "grad_norm", "tokens_per_s")
 
 
 @dataclass
 class PreparedBatch:
-    selection: GroupSelection
+    batch: Batch
     samples: list[SequenceSample]
     micro_batches: list[MicroBatch]
     loss_tokens: int  # global: tokens that carry gradient, the loss's denominator
@@ -50,28 +52,40 @@ def _all_reduce_max(value: Tensor) -> Tensor:
 
 
 class Learner:
-    """The GRPO trainer around a `PolicyEngine`; counts steps and policy versions."""
+    """The GRPO trainer around a `PolicyEngine`. Its step and version are those of its
+    `OnPolicyClock` (a run shares it with the work ledger)."""
 
-    def __init__(self, cfg: LearnerConfig, engine: PolicyEngine | None = None) -> None:
+    def __init__(
+        self, cfg: LearnerConfig, engine: PolicyEngine | None = None, on_policy: OnPolicyClock | None = None
+    ) -> None:
         self.cfg = cfg
+        self.on_policy = on_policy or OnPolicyClock()
         if cfg.torch_threads is not None:
             torch.set_num_threads(cfg.torch_threads)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.engine = engine or PolicyEngine(cfg)
-        self.step = 0  # learner steps completed
-        self.version = 0  # policy version of the current weights; step v trains on version v
+
+    @property
+    def step(self) -> int:
+        """Steps finished; step v trains on samples of version v (within the clock's staleness)."""
+        return self.on_policy.version
+
+    @property
+    def version(self) -> int:
+        """The policy version of the weights held now."""
+        return self.on_policy.version
 
     # ---- the step -------------------------------------------------------------------------
 
-    def prepare(self, groups: Sequence[RolloutGroup]) -> PreparedBatch:
-        g = self.cfg.grpo
-        selection = select_groups(groups, drop_zero_variance=g.drop_zero_variance, eps=g.adv_eps)
+    def prepare(self, batch: Batch, *, mask_truncated: bool | None = None) -> PreparedBatch:
+        """Advantages and micro-batches; `mask_truncated` None: as configured (`grpo.mask_truncated`)."""
+        mask = self.cfg.grpo.mask_truncated if mask_truncated is None else mask_truncated
         samples = build_samples(
-            selection.trained,
-            selection.advantages,
-            mask_truncated=g.mask_truncated,
+            batch.trained,
+            advantages(batch.trained, self.cfg.grpo.adv_eps),
+            mask_truncated=mask,
             vocab_size=self.engine.module.config.vocab_size,
         )
         mbs = (
@@ -84,7 +98,7 @@ class Learner:
             dtype=torch.float64,
         )
         loss_tokens, valid_tokens = all_reduce_sum(local.to(self.engine.device)).tolist()
-        return PreparedBatch(selection, samples, mbs, int(loss_tokens), int(valid_tokens))
+        return PreparedBatch(batch, samples, mbs, int(loss_tokens), int(valid_tokens))
 
     def accumulate(
         self,
@@ -166,36 +180,48 @@ class Learner:
         return out
 
     def train_step(
-        self, groups: Sequence[RolloutGroup], *, temperature: float | None = None
+        self,
+        batch: Batch,
+        *,
+        temperature: float | None = None,
+        mask_truncated: bool | None = None,
+        lr: float | None = None,
     ) -> dict[str, Any]:
-        """Train on one batch of groups; returns the step's metrics (`trained` False: no token
-        carried gradient, nothing changed, the version stays)."""
+        """Train on one batch; returns the step's metrics. `temperature` None: the one the batch was
+        sampled at; `mask_truncated` and `lr` None: as configured (a stage passes its own).
+
+        The step finishes on the clock either way; `trained` False says no token carried gradient
+        and the weights stayed as they were (learner/on_policy.py says why the version moves on)."""
         started = time.perf_counter()
-        temperature = self.cfg.grpo.temperature if temperature is None else temperature
-        batch = self.prepare(groups)
-        metrics = self._batch_metrics(groups, batch)
-        if batch.loss_tokens == 0:
-            metrics.update(trained=False, step_s=time.perf_counter() - started)
+        temperature = batch.temperature if temperature is None else temperature
+        prepared = self.prepare(batch, mask_truncated=mask_truncated)
+        metrics = self._batch_metrics(batch)
+        if lr is not None:
+            self.engine.set_lr(lr)
+        if prepared.loss_tokens == 0:
+            version = self.on_policy.finish()
+            metrics.update(trained=False, new_version=version, step_s=time.perf_counter() - started)
+            metrics.update(dict.fromkeys(UNMEASURED, None))  # written as null: nothing to measure
             log.warning(
-                "step_skipped", step=self.step, reason="no token carries gradient", groups=len(groups)
+                "step_skipped", step=metrics["step"], version=version, reason="no token carries gradient"
             )
             return metrics
-        lr = self.engine.lr
+        lr_used = self.engine.lr
         grad_norms = []
         try:
-            first = self.accumulate(batch, temperature)
+            first = self.accumulate(prepared, temperature)
             grad_norms.append(self.engine.step())
             later = first
             for _ in range(self.cfg.grpo.updates_per_batch - 1):
                 later = self.accumulate(
-                    batch, temperature, old_logps=first["old_logps"], ref_logps=first.get("ref_logps")
+                    prepared, temperature, old_logps=first["old_logps"], ref_logps=first.get("ref_logps")
                 )
                 grad_norms.append(self.engine.step())
         except BaseException:
             self.engine.zero_grad()  # no half-accumulated gradient leaks into the next step
             raise
         step_s = time.perf_counter() - started
-        tokens = sum(s.length for s in batch.samples)
+        tokens = sum(s.length for s in prepared.samples)
         metrics.update(
             trained=True,
             loss=first["loss"],
@@ -204,12 +230,12 @@ class Learner:
             logprob_mismatch_max=first["logprob_mismatch_max"],
             logprob_mismatch_kl=first["logprob_mismatch_kl"],
             grad_norm=grad_norms[0],
-            lr=lr,
-            micro_batches=len(batch.micro_batches),
+            lr=lr_used,
+            micro_batches=len(prepared.micro_batches),
             tokens=tokens,
-            loss_tokens=batch.loss_tokens,
+            loss_tokens=prepared.loss_tokens,
             optimizer_steps=self.engine.optimizer_steps,
-            new_version=self.version + 1,
+            new_version=self.on_policy.finish(),
             step_s=step_s,
             tokens_per_s=tokens * world_size() / step_s,
         )
@@ -219,8 +245,6 @@ class Learner:
             metrics.update(
                 clip_frac=later["clip_frac"], loss_last=later["loss"], grad_norm_last=grad_norms[-1]
             )
-        self.step += 1
-        self.version += 1
         log.info(
             "train_step",
             step=metrics["step"],
@@ -236,26 +260,28 @@ class Learner:
         )
         return metrics
 
-    def _batch_metrics(self, groups: Sequence[RolloutGroup], batch: PreparedBatch) -> dict[str, Any]:
-        """What the batch held: rewards, accuracy and lengths of every judged completion."""
-        sel = batch.selection
-        completions = [(g.kind, c) for g in sel.judged for c in g.completions]
+    def _batch_metrics(self, batch: Batch) -> dict[str, Any]:
+        """What the batch held: rewards, accuracy and lengths of every judged completion, left-out
+        groups included."""
+        judged = batch.groups
+        completions = [(g.kind, c) for g in judged for c in g.completions]
         lengths = [len(c.token_ids) for _, c in completions]
         versions = (
-            [g.policy_version for g in sel.trained] or [g.policy_version for g in groups] or [self.version]
+            [g.policy_version for g in batch.trained] or [g.policy_version for g in judged] or [self.version]
         )
-        stages = Counter(g.stage for g in groups)
+        stages = Counter(g.stage for g in judged)
+        zero_variance = sum(is_zero_variance(g) for g in judged)
         metrics: dict[str, Any] = {
             "kind": "train",
             "step": self.step,
             "policy_version": self.version,
             "stage": stages.most_common(1)[0][0] if stages else None,
             "sample_versions": [min(versions), max(versions)],
-            "groups": len(groups),
-            "groups_trained": len(sel.trained),
-            "groups_unjudged": sel.unjudged,
-            "groups_zero_var": sel.zero_variance,
-            "zero_var_frac": sel.zero_variance / len(sel.judged) if sel.judged else 0.0,
+            "groups": len(judged) + batch.unjudged,
+            "groups_trained": len(batch.trained),
+            "groups_unjudged": batch.unjudged,
+            "groups_zero_var": zero_variance,
+            "zero_var_frac": zero_variance / len(judged) if judged else 0.0,
             "completions": len(completions),
             "reward_mean": float(np.mean([c.reward for _, c in completions])) if completions else 0.0,
             "accuracy": float(np.mean([is_correct(c.judge_status) for _, c in completions]))
@@ -298,7 +324,7 @@ class Learner:
         if path is None:
             return None
         state = checkpoint.load(path, self.engine)
-        self.step, self.version = state.step, state.policy_version
+        self.on_policy.restore(state.policy_version)
         return state
 
     def due_checkpoint(self) -> bool:

@@ -1,7 +1,7 @@
 """Everything that crosses a process boundary: messages, their codec, and ZeroMQ endpoints."""
 
 from proto.codec import DEFAULT_MAX_FRAME_BYTES, ProtocolError, decode, encode
-from proto.control import Ack, Error, Heartbeat, Hello, Shutdown
+from proto.control import Ack, Error, Heartbeat, Hello, Shutdown, Status, StatusRequest
 from proto.curve import CurveClientKeys, CurveServerKeys, generate_keys
 from proto.judge import JudgeRequest, JudgeStats, StatsRequest, TestCase, Verdict
 from proto.message import PROTOCOL_VERSION, REGISTRY, Message
@@ -36,6 +36,8 @@ __all__ = [
     "Shutdown",
     "SocketLimits",
     "StatsRequest",
+    "Status",
+    "StatusRequest",
     "TestCase",
     "Verdict",
     "WeightAnnounce",

@@ -1,4 +1,4 @@
-"""Liveness and lifecycle: hello, heartbeats, errors, shutdown."""
+"""Liveness and lifecycle: hello, heartbeats, status, errors, shutdown."""
 
 from __future__ import annotations
 
@@ -62,3 +62,22 @@ class Shutdown(Message):
 
     reason: str = Field(max_length=2000)
     deadline_s: float = Field(default=30.0, ge=0)
+
+
+class StatusRequest(Message):
+    """How does the server stand? The learner's dispatcher answers `Status`; whoever supervises
+    the run polls it, e.g. to see that the generators it started have connected."""
+
+    TYPE = "status_request"
+
+
+class Status(Message):
+    """The learner's dispatcher, as it stands."""
+
+    TYPE = "status"
+
+    generators: list[str] = Field(max_length=100_000)  # ids of the generators connected now
+    step: int = Field(ge=0)  # the step the next batch is for
+    version: int | None = Field(ge=0)  # the newest published policy version; None before the first
+    stage: int = Field(ge=0)
+    done: bool  # every stage's steps taken

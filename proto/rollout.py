@@ -37,6 +37,7 @@ class RolloutGroup(Message):
     kind: Literal["math", "code"]
     stage: int = Field(ge=0)
     policy_version: int = Field(ge=0)  # the version whose weights sampled every completion
+    temperature: float = Field(ge=0)  # the one every completion was sampled at (0: greedy)
     generator_id: str = Field(min_length=1, max_length=256)
     attempt: int = Field(default=0, ge=0)
     prompt_token_ids: Int32Array

@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from proto.message import Blob, Message
 
+if TYPE_CHECKING:
+    import torch
+
 DType = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8"]
-DTYPE_BYTES: dict[str, int] = {
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "float64": 8,
-    "int64": 8,
-    "int32": 4,
-    "uint8": 1,
+
+
+@dataclass(frozen=True)
+class DTypeInfo:
+    itemsize: int  # bytes per element
+    safetensors: str  # its name in a safetensors header
+
+
+# The one table of the dtypes a weight stream carries, for the learner and the generator alike.
+# torch spells each name the same way (`torch.bfloat16`): see `torch_dtype`.
+DTYPES: dict[DType, DTypeInfo] = {
+    "float32": DTypeInfo(4, "F32"),
+    "float16": DTypeInfo(2, "F16"),
+    "bfloat16": DTypeInfo(2, "BF16"),
+    "float64": DTypeInfo(8, "F64"),
+    "int64": DTypeInfo(8, "I64"),
+    "int32": DTypeInfo(4, "I32"),
+    "uint8": DTypeInfo(1, "U8"),
 }
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a wire dtype name. torch is imported here, not by every user of proto."""
+    import torch
+
+    return getattr(torch, name)
 
 
 class WeightAnnounce(Message):
@@ -58,7 +78,7 @@ class WeightChunk(Message):
     def _fits(self) -> WeightChunk:
         if any(d < 0 for d in self.shape):
             raise ValueError(f"shape: negative dimension in {self.shape}")
-        nbytes = math.prod(self.shape) * DTYPE_BYTES[self.dtype]
+        nbytes = self.tensor_bytes
         if self.offset + self.data_bytes > nbytes:
             raise ValueError(
                 f"data: bytes {self.offset}..{self.offset + self.data_bytes} overrun a tensor of {nbytes}"
@@ -71,9 +91,5 @@ class WeightChunk(Message):
 
     @property
     def tensor_bytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
-
-
-def numpy_dtype(dtype: DType) -> np.dtype:
-    """The numpy dtype for raw bytes of `dtype` (bfloat16 travels as its raw 16-bit pattern)."""
-    return np.dtype("uint16") if dtype == "bfloat16" else np.dtype(dtype)
+        """The size of the whole tensor this chunk is part of."""
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize

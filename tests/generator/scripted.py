@@ -6,10 +6,6 @@ do, but every decision they take is written here so that a test can steer and in
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from learner.publisher import weight_chunks
 from proto.control import Ack, Heartbeat, Hello
 from proto.judge import JudgeRequest, Verdict
 from proto.message import Message
@@ -27,36 +24,12 @@ from proto.rollout import RolloutGroup, WorkAborted
 from proto.sockets import Server
 from proto.weights import WeightAnnounce, WeightChunk, WeightRequest
 from proto.work import Credit, SamplingParams, WorkBatch, WorkCancel, WorkItem
-
-ROOT = Path(__file__).resolve().parents[2]
-
-WIRE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+from tests.judge_daemon import LiveProcess
 
 
 def tensor_chunks(version: int, tensors: dict[str, torch.Tensor], chunk_bytes: int) -> list[WeightChunk]:
-    """A version as the publisher sends it: every tensor in `chunk_bytes` pieces, in seq order."""
-    chunks = []
-    names = list(tensors)
-    for index, name in enumerate(names):
-        tensor = tensors[name].detach().contiguous()
-        raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
-        data = raw.numpy().tobytes()
-        starts = range(0, len(data), chunk_bytes) if data else range(1)
-        for start in starts:
-            end = min(start + chunk_bytes, len(data))
-            chunks.append(
-                WeightChunk(
-                    version=version,
-                    seq=len(chunks),
-                    name=name,
-                    dtype=WIRE_DTYPES[tensor.dtype],
-                    shape=list(tensor.shape),
-                    offset=start,
-                    data=data[start:end],
-                    last=index == len(names) - 1 and end == len(data),
-                )
-            )
-    return chunks
+    """A version as the learner's publisher sends it: every tensor in `chunk_bytes` pieces, in seq order."""
+    return list(weight_chunks(tensors, version, chunk_bytes))
 
 
 @dataclass
@@ -350,78 +323,16 @@ def math_item(
     )
 
 
-class LiveProcess:
-    """A child process whose stderr is collected line by line, in a process group of its own."""
-
-    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.command = command
-        # A group of its own, so that stop() also ends the engine processes it started: killed
-        # alone, the generator leaves them spinning on the cores the next tests need.
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-
-    def wait_for_line(self, text: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any(text in line for line in self.log):
-            if self.process.poll() is not None:
-                time.sleep(0.2)
-                code = self.process.returncode
-                raise RuntimeError(f"{self.command[2:4]} exited with {code}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.command[2:4]}: no {text!r} within {timeout_s} s:\n{self.tail()}")
-            time.sleep(0.1)
-
-    def tail(self, lines: int = 40) -> str:
-        return "".join(self.log[-lines:])
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, SIGKILL after `timeout_s`; then SIGKILL whatever of its group is left."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self._reader.join(5)
-        return self.process.returncode
-
-
-def judge_daemon(address: str) -> LiveProcess:
-    daemon = LiveProcess(
-        [sys.executable, "-m", "judge", "serve", "--bind", address, "--workers", "1", "--math-timeout-s", "5"]
-    )
-    daemon.wait_for_line("judge_serving", 60)
-    return daemon
-
-
 def generator_process(
     dispatcher: str, judge: str, model: Path, generator_id: str, *extra: str
 ) -> LiveProcess:
     command = [
         sys.executable, "-m", "generator",
-        "--learner", dispatcher,
-        "--judge", judge,
-        "--model", str(model),
-        "--generator-id", generator_id,
-        "--max-model-len", "512",
+        f"learner={dispatcher}",
+        f"judge={judge}",
+        f"model={model}",
+        f"generator_id={generator_id}",
+        "engine.max_model_len=512",
         *extra,
     ]  # fmt: skip
     return LiveProcess(command)

@@ -7,11 +7,13 @@ version-1 files. The last test drives the generator's loop around the first engi
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,13 +22,14 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from generator.config import EngineConfig, GeneratorConfig
-from generator.engine import Engine, PromptError, overridden_args
+from generator.engine import KV_CACHE_ENV, Engine, Finished, PromptError, overridden_args
 from generator.rollout import rollout_group
 from generator.weight_fetch import fetch_weights
 from generator.weight_set import WeightFiles, WeightSet, WeightSetWriter
 from generator.worker import Worker
 from proto.judge import Verdict
 from proto.work import SamplingParams
+from tests.generator.extension import ENGINE_ARGS, parameter_checksum
 from tests.generator.scripted import (
     Hold,
     ScriptedDispatcher,
@@ -51,9 +54,18 @@ Expected = tuple[Probe, dict[str, float]]  # and the parameter sums
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir: Path) -> Iterator[Engine]:
-    live = Engine(tiny_model_dir, EngineConfig(max_model_len=512))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(KV_CACHE_ENV, "3")  # on CPU the config's size wins over it, and it is left as it was
+        live = Engine(tiny_model_dir, EngineConfig(max_model_len=512, args=ENGINE_ARGS))
+        assert os.environ[KV_CACHE_ENV] == "3"
     yield live
     live.close()
+
+
+def test_the_cpu_kv_cache_has_the_size_the_config_gives(engine: Engine) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("the size is vLLM's own choice on a GPU")
+    assert engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == 1 << 30
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +83,16 @@ def reference_logprobs(
     return logprobs[torch.arange(len(tokens)), torch.tensor(tokens.astype(np.int64))].numpy()
 
 
+def run(engine: Engine, requests: list[tuple[np.ndarray, Any]]) -> list[Finished]:
+    """Submit `requests` and step until all of them finish; results in request order."""
+    ids = [engine.submit(prompt, params) for prompt, params in requests]
+    done: dict[str, Finished] = {}
+    while any(rid not in done for rid in ids):
+        for result in engine.step():
+            done[result.request_id] = result
+    return [done[rid] for rid in ids]
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_match_transformers(engine: Engine, hf_model: torch.nn.Module, temperature: float) -> None:
     requests = []
@@ -79,7 +101,7 @@ def test_logprobs_match_transformers(engine: Engine, hf_model: torch.nn.Module, 
         sampling = SamplingParams(n=3, max_tokens=24, temperature=temperature, seed=7)
         requests.append((prompt, engine.sampling_params(sampling, len(prompt))))
     worst = 0.0
-    for finished in engine.run(requests):
+    for finished in run(engine, requests):
         assert finished.samples is not None and len(finished.samples) == 3
         for sample in finished.samples:
             assert len(sample.logprobs) == len(sample.token_ids) > 0
@@ -94,7 +116,7 @@ def test_length_limit_is_flagged_as_truncated(engine: Engine) -> None:
     stopping = engine.sampling_params(
         SamplingParams(n=4, max_tokens=64, seed=2, stop=["e", "a", "t", "o", "s"]), len(prompt)
     )
-    cut, stopped = engine.run([(prompt, short), (prompt, stopping)])
+    cut, stopped = run(engine, [(prompt, short), (prompt, stopping)])
     assert cut.samples is not None and stopped.samples is not None
     assert all(s.finish_reason == "length" and len(s.token_ids) == 5 for s in cut.samples)
     assert any(s.finish_reason == "stop" for s in stopped.samples)
@@ -138,7 +160,7 @@ def test_the_text_decoded_here_is_the_text_vllm_decodes(engine: Engine) -> None:
                 stop_token_ids=list(range(100, 120)), detokenize=detokenize,  # some stop, some run out
             )  # fmt: skip
             requests.append((prompt, params))
-    results = engine.run(requests)
+    results = run(engine, requests)
     reasons = set()
     for ours, theirs in zip(results[::2], results[1::2], strict=True):
         assert ours.samples is not None and theirs.samples is not None
@@ -160,7 +182,7 @@ def test_a_large_batch_of_seeded_requests_completes(engine: Engine) -> None:
         sampling = SamplingParams(n=8, max_tokens=4, seed=index)
         requests.append((prompt, engine.sampling_params(sampling, len(prompt))))
     assert sum(len(p) * 8 for p, _ in requests) > 4096
-    results = engine.run(requests)
+    results = run(engine, requests)
     assert all(r.samples is not None and len(r.samples) == 8 for r in results)
 
 
@@ -168,7 +190,7 @@ def test_context_limit_shrinks_max_tokens_and_refuses_overfull_prompts(engine: E
     prompt = np.arange(1, 500, dtype=np.int32) % 400 + 5
     params = engine.sampling_params(SamplingParams(n=8, max_tokens=100, seed=0), len(prompt))
     assert params.max_tokens == 512 - len(prompt)
-    (finished,) = engine.run([(prompt, params)])
+    (finished,) = run(engine, [(prompt, params)])
     assert finished.samples is not None
     # a sample may end at the end-of-text token first; the others run to the shrunk limit
     room = 512 - len(prompt)
@@ -199,7 +221,7 @@ def _probe(engine: Engine) -> Probe:
         seeded = SamplingParams(n=3, max_tokens=32, temperature=1.0, seed=11)
         requests.append((prompt, engine.sampling_params(seeded, len(prompt))))
     out = []
-    for finished in engine.run(requests):
+    for finished in run(engine, requests):
         assert finished.samples is not None
         out.extend((s.token_ids.tolist(), s.logprobs, s.versions) for s in finished.samples)
     return out
@@ -218,9 +240,9 @@ def v1_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def v1_expected(v1_model_dir: Path) -> Expected:
     """What a fresh engine started on the version-1 files samples, and its parameter sums."""
-    fresh = Engine(v1_model_dir, EngineConfig(max_model_len=512), version=1)
+    fresh = Engine(v1_model_dir, EngineConfig(max_model_len=512, args=ENGINE_ARGS), version=1)
     try:
-        return _probe(fresh), fresh.parameter_checksum()
+        return _probe(fresh), parameter_checksum(fresh)
     finally:
         fresh.close()
 
@@ -231,7 +253,7 @@ def _assert_matches(engine: Engine, expected: Expected) -> None:
     assert [t for t, _, _ in got] == [t for t, _, _ in probe]
     worst = max(float(np.max(np.abs(a - b))) for (_, a, _), (_, b, _) in zip(got, probe, strict=True))
     assert worst < 1e-4, f"logprobs differ by {worst:.2e}"
-    got_sums = engine.parameter_checksum()
+    got_sums = parameter_checksum(engine)
     assert got_sums.keys() == sums.keys()
     for name, value in sums.items():
         assert got_sums[name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
@@ -241,7 +263,7 @@ def test_reloading_its_own_weights_at_start_changes_nothing_and_keeps_the_file(
     engine: Engine, tiny_model_dir: Path
 ) -> None:
     before = _probe(engine)
-    sums = engine.parameter_checksum()
+    sums = parameter_checksum(engine)
     files = WeightFiles(keep=1)
     try:
         engine.warm_reload(files)
@@ -257,7 +279,7 @@ def test_reloading_its_own_weights_at_start_changes_nothing_and_keeps_the_file(
     assert all(labels == {"0"} for _, _, labels in after)
     worst = max(float(np.max(np.abs(a - b))) for (_, a, _), (_, b, _) in zip(after, before, strict=True))
     assert worst < 1e-6, f"logprobs moved by {worst:.2e}"
-    assert engine.parameter_checksum() == pytest.approx(sums, rel=1e-6, abs=1e-6)
+    assert parameter_checksum(engine) == pytest.approx(sums, rel=1e-6, abs=1e-6)
 
 
 def test_weight_update_matches_a_fresh_engine_on_the_new_weights(
@@ -355,7 +377,7 @@ def test_a_transfer_that_breaks_during_a_stepwise_load_hands_the_work_back(
         drive(worker, lambda: engine.loading == target and hold.reached.is_set())
         for _ in range(20):  # half the version is in: nothing may start
             worker.turn()
-            assert not engine.busy and all(h.state == "queued" for h in worker.held.values())
+            assert not engine.busy and all(h.state == "queued" for h in worker.pipeline.held.values())
         hold.release.set()
         reason = f"weights v{target}: internal"
         drive(worker, lambda: any(a.reason.startswith(reason) for a in dispatcher.log.aborted))
@@ -371,9 +393,8 @@ def test_a_transfer_that_breaks_during_a_stepwise_load_hands_the_work_back(
     finally:
         hold.release.set()
         # Not worker.close(): the engine belongs to this module's fixture.
-        worker.fetcher.close()
-        worker.judge.close()
-        worker.dispatcher.close()
+        worker.pipeline.close()
+        worker.session.close()
         for peer in (dispatcher, judge, publisher):
             peer.close()
     whole = fetch_whole(target, tensors)

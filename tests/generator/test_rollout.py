@@ -1,4 +1,5 @@
-"""Rollout groups carry the judge's verdicts as they came, the truncation flag, and one version."""
+"""Rollout groups carry the judge's verdicts as they came, the truncation flag, one version and the
+sampling temperature."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def item(kind: str = "math") -> WorkItem:
         stage=1,
         policy_version=3,
         prompt="q",
-        sampling=SamplingParams(n=2, max_tokens=4),
+        sampling=SamplingParams(n=2, max_tokens=4, temperature=0.6),
         lease_s=10,
         attempt=2,
         **extra,  # type: ignore[arg-type]
@@ -63,6 +64,7 @@ def test_group_carries_verdicts_truncation_and_version() -> None:
     assert first.judge_detail == "judge unreachable"
     assert (second.truncated, second.reward, second.judge_status) == (False, 1.0, "correct")
     assert (group.policy_version, group.attempt, group.stage) == (3, 2, 1)
+    assert group.temperature == 0.6  # the learner takes log-probabilities at the one sampled with
     assert decode(encode(group)) == group
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from judge.client import JudgeClient
 from proto.judge import MATH_STATUSES, REWARDED_STATUSES, JudgeRequest
 from proto.judge import TestCase as Case
+from proto.judge_client import JudgeClient
 from proto.weights import WeightAnnounce
 from proto.work import SamplingParams, WorkItem
 from tests.generator.scripted import (
@@ -26,24 +26,24 @@ from tests.generator.scripted import (
     ScriptedDispatcher,
     ScriptedPublisher,
     generator_process,
-    judge_daemon,
     math_item,
     model_tensors,
     perturbed,
     tensor_chunks,
 )
+from tests.judge_daemon import judge_daemon
 
 pytestmark = pytest.mark.slow
 
 GENERATOR_FLAGS = (
-    "--credits", "4",
-    "--heartbeat-s", "0.5",
-    "--learner-timeout-s", "3",
-    "--resend-s", "0.5",
-    "--shutdown-grace-s", "3",
-    "--judge-timeout-s", "30",
-    "--weight-load-step-mb", "0.05",  # the tiny model's 1.5 MiB may load in steps as they arrive
-)  # fmt: skip
+    "credits=4",
+    "heartbeat_s=0.5",
+    "learner_timeout_s=3",
+    "resend_s=0.5",
+    "shutdown_grace_s=3",
+    "judge_timeout_s=30",
+    "weight_load_step_mb=0.05",  # the tiny model's 1.5 MiB may load in steps as they arrive
+)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     judge_address = f"ipc://{tmp_path_factory.mktemp('judge')}/judge.ipc"
-    judge = judge_daemon(judge_address)
+    judge = judge_daemon(judge_address, workers=1, math_timeout_s=5)
     dispatcher = ScriptedDispatcher()
     publisher = ScriptedPublisher()
     generators = {

@@ -11,12 +11,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from generator.weight_fetch import FetchError, WeightFetcher, fetch_weights
 from generator.weight_set import (
+    PREFIX,
     UnsupportedDtype,
     WeightFiles,
     WeightSet,
@@ -27,6 +29,7 @@ from generator.weight_set import (
     safetensors_files,
 )
 from proto.sockets import Server
+from proto.weights import DTYPES, DType, torch_dtype
 from tests.generator.scripted import Hold, ScriptedPublisher, tensor_chunks
 
 
@@ -185,7 +188,7 @@ def test_files_of_dead_processes_are_removed() -> None:
     )
     pid = int(dead.stdout)
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    orphan = f"{shm}/{file_prefix(9, pid)}x"
+    orphan = f"{shm}/{PREFIX}{pid}-v9-x"  # named as that process named its files
     mine = f"{shm}/{file_prefix(9)}x"
     for path in (orphan, mine):
         open(path, "wb").close()
@@ -335,3 +338,16 @@ def test_the_safetensors_of_a_model_directory_are_those_its_index_names(tmp_path
     weight_map = {"a": shards[1], "b": shards[0], "c": shards[1]}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     assert [p.name for p in safetensors_files(tmp_path)] == shards
+
+
+def test_the_dtype_table_names_every_wire_dtype_as_torch_and_safetensors_do(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    assert set(DTYPES) == set(get_args(DType))
+    tensors = {name: torch.zeros(3, dtype=torch_dtype(name)) for name in DTYPES}
+    save_file(tensors, str(tmp_path / "all.safetensors"))
+    with safe_open(str(tmp_path / "all.safetensors"), framework="pt") as handle:
+        for name, info in DTYPES.items():
+            assert tensors[name].element_size() == info.itemsize, name
+            assert handle.get_slice(name).get_dtype() == info.safetensors, name

@@ -159,7 +159,7 @@ def test_work_cancel_aborts_the_request_and_frees_the_credit(
         engine.steps = 2
         dispatcher.add([math_item("w2")])  # needs the credit the cancel gave back
         drive(worker, lambda: "w2" in dispatcher.log.accepted)
-        assert "w1" not in dispatcher.log.accepted and worker.counts["cancelled"] == 1
+        assert "w1" not in dispatcher.log.accepted and worker.pipeline.counts["cancelled"] == 1
     finally:
         worker.close()
         judge.close()
@@ -171,7 +171,7 @@ def test_a_rollout_is_resent_until_acknowledged(tmp_path: Path, dispatcher: Scri
     try:
         dispatcher.swallow = 2
         dispatcher.add([math_item("w1")])
-        drive(worker, lambda: "w1" in dispatcher.log.accepted and not worker.held)
+        drive(worker, lambda: "w1" in dispatcher.log.accepted and not worker.pipeline.held)
         assert len(dispatcher.log.swallowed) == 2
         assert dispatcher.log.twice == []
     finally:
@@ -198,7 +198,7 @@ def test_a_long_engine_step_is_not_taken_for_a_lost_learner(
     worker = make_worker(tmp_path, dispatcher, judge, engine)
     try:
         dispatcher.add([math_item("w1")])
-        drive(worker, lambda: "w1" in dispatcher.log.accepted and not worker.held)
+        drive(worker, lambda: "w1" in dispatcher.log.accepted and not worker.pipeline.held)
         beats = len(dispatcher.log.heartbeats)
         drive(worker, lambda: len(dispatcher.log.heartbeats) >= beats + 3)  # connected afterwards
         assert not stalls and len(dispatcher.log.hellos) == 1
@@ -237,7 +237,7 @@ def test_work_for_a_version_already_superseded_is_handed_back_at_once(
     try:
         drive(worker, lambda: dispatcher.credits.get("g") == 4)
         dispatcher.push(WeightAnnounce(version=2, num_tensors=1, total_bytes=8, address=publisher.address))
-        drive(worker, lambda: worker.announce is not None)
+        drive(worker, lambda: worker.pipeline.announce is not None)
         dispatcher.add([math_item("w1", version=1), math_item("w2", version=1)])
         drive(worker, lambda: sum(len(a.work_ids) for a in dispatcher.log.aborted) >= 2, timeout_s=5)
         # (this dispatcher issues them again as they were, so they may come back more than once)

@@ -1,14 +1,9 @@
-"""Fixtures for the judge's tests: a real sandbox, a live daemon, and a look at the host's processes."""
+"""Fixtures for the judge's tests: a real sandbox, a live daemon, and a look at the processes below it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +11,8 @@ from judge.config import SandboxConfig
 from judge.preflight import ready_sandbox
 from judge.sandbox import Sandbox
 from proto.judge import JudgeRequest, TestCase
+from tests.judge_daemon import LiveDaemon, descendants, judge_daemon
 
-ROOT = Path(__file__).resolve().parents[2]
 JAIL_UID = 65534
 
 
@@ -33,29 +28,24 @@ def math_request(response: str, answer: str, ident: str = "m") -> JudgeRequest:
     return JudgeRequest(id=ident, kind="math", response=response, answer=answer)
 
 
-def processes_of(uid: int) -> list[int]:
-    """Pids of the host's processes running as `uid` (the jail's uid maps to itself outside)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as status:
-                for line in status:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
-                            pids.append(int(entry))
-                        break
-        except (OSError, ValueError):
-            continue
-    return pids
+def uid_of(pid: int) -> int | None:
+    """The real uid `pid` runs as (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
-def wait_until_no_jailed_processes(timeout_s: float = 5.0, keep: tuple[int, ...] = ()) -> list[int]:
-    """Poll until no process runs as the jail's uid (other than `keep`); returns what is left."""
+def wait_until_no_jailed_processes(daemon: LiveDaemon, timeout_s: float = 5.0) -> list[int]:
+    """Poll until no process below `daemon` runs as the jail's uid (which maps to itself outside);
+    returns what is left."""
     deadline = time.monotonic() + timeout_s
     while True:
-        left = [pid for pid in processes_of(JAIL_UID) if pid not in keep]
+        left = [pid for pid in descendants(daemon.process.pid) if uid_of(pid) == JAIL_UID]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
@@ -67,60 +57,19 @@ def sandbox() -> Sandbox:
     return ready_sandbox(SandboxConfig())
 
 
-class LiveDaemon:
-    """`python -m judge serve` in a child process, its log collected from stderr."""
-
-    def __init__(self, address: str, *args: str) -> None:
-        self.address = address
-        self.command = [sys.executable, "-m", "judge", "serve", "--bind", address, *args]
-        self.process = subprocess.Popen(
-            self.command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
-
-    def wait_serving(self, timeout_s: float = 60.0) -> LiveDaemon:
-        deadline = time.monotonic() + timeout_s
-        while not any("judge_serving" in line for line in self.log):
-            if self.process.poll() is not None:
-                time.sleep(0.2)
-                raise RuntimeError(f"judge daemon exited with {self.process.returncode}: {''.join(self.log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"judge daemon did not start: {''.join(self.log)}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._reader.join(5)
-        return self.process.returncode
-
-
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     """One daemon shared by the tests that only need a judge to talk to (1 MB request limit)."""
     address = f"ipc://{tmp_path_factory.mktemp('judge')}/judge.ipc"
-    live = LiveDaemon(
+    live = judge_daemon(
         address,
-        "--workers", "2",
-        "--math-timeout-s", "3",
-        "--max-request-mb", "1",
-        "--stats-interval-s", "1",
-        "--time-limit-s", "2",
-    )  # fmt: skip
+        workers=2,
+        math_timeout_s=3,
+        max_request_mb=1,
+        stats_interval_s=1,
+        **{"sandbox.limits.time_limit_s": 2},
+    )
     try:
-        yield live.wait_serving()
+        yield live
     finally:
         live.stop()

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.judge.conftest import ROOT, LiveDaemon, code_request, math_request
+from tests.judge.conftest import code_request, math_request
+from tests.judge_daemon import ROOT, LiveDaemon
 
 CALL_BASED = "```python\nclass Solution:\n    def f(self, x):\n        return x + 1\n```"
 LINES = [
@@ -64,7 +65,7 @@ def _assert_verdicts(verdicts: list[dict[str, object]]) -> None:
 
 
 def test_check_with_a_local_pool() -> None:
-    _assert_verdicts(_check("--workers", "2"))
+    _assert_verdicts(_check("workers=2"))
 
 
 @pytest.mark.slow

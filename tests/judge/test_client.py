@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from judge.client import JudgeClient
 from proto.judge import UNJUDGED_STATUSES
-from tests.judge.conftest import LiveDaemon, code_request, math_request
+from proto.judge_client import JudgeClient
+from tests.judge.conftest import code_request, math_request
+from tests.judge_daemon import LiveDaemon, judge_daemon
 
 
 def test_unreachable_judge_gives_timeout_verdicts(tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def test_resends_are_judged_once_and_delivered_once(daemon: LiveDaemon) -> None:
 @pytest.mark.slow
 def test_verdicts_survive_a_daemon_killed_and_restarted(tmp_path: Path) -> None:
     address = f"ipc://{tmp_path}/restart.ipc"
-    first = LiveDaemon(address, "--workers", "1").wait_serving()
+    first = judge_daemon(address, workers=1)
     requests = [
         code_request("import time\ntime.sleep(1)\nprint(int(input()))", [(str(i), str(i))], ident=f"r{i}")
         for i in range(3)
@@ -64,10 +65,11 @@ def test_verdicts_survive_a_daemon_killed_and_restarted(tmp_path: Path) -> None:
         client.poll(0.3)  # on the wire, being judged
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
-        second = LiveDaemon(address, "--workers", "1").wait_serving()
+        second = judge_daemon(address, workers=1)
         try:
             verdicts = list(client.verdicts(timeout_s=90))
         finally:
             second.stop()
+            first.stop()  # its workers, left behind when it was killed alone
     assert sorted(verdict.id for verdict in verdicts) == ["r0", "r1", "r2"]
     assert all(verdict.status == "accepted" for verdict in verdicts), verdicts

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +15,23 @@ import msgpack
 import pytest
 import zmq
 
-from judge.client import JudgeClient
 from proto.codec import decode, encode
 from proto.control import Error, Heartbeat
 from proto.curve import CurveClientKeys, generate_keys
 from proto.judge import JudgeStats, StatsRequest, Verdict
+from proto.judge_client import JudgeClient
 from proto.message import PROTOCOL_VERSION
 from proto.sockets import Client
-from tests.judge.conftest import ROOT, LiveDaemon, code_request, math_request
+from tests.judge.conftest import code_request, math_request
+from tests.judge_daemon import (
+    ROOT,
+    LiveDaemon,
+    descendants,
+    free_port,
+    judge_daemon,
+    judge_serve_command,
+    still_running,
+)
 
 
 def slow_request(seconds: float, ident: str | None = None) -> object:
@@ -85,7 +92,7 @@ def test_concurrent_clients_get_their_own_verdicts_and_stats_count_them(daemon: 
     deadline = time.monotonic() + 5  # logged every second (--stats-interval-s 1): wait for one
     while not any("judge_stats" in line for line in daemon.log) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert any("judge_stats" in line and "counts=" in line for line in daemon.log)
+    assert any("judge_stats" in line and '"counts": ' in line for line in daemon.log)
 
 
 def _raw_socket(address: str) -> tuple[zmq.Context, zmq.Socket]:
@@ -167,49 +174,13 @@ def test_math_that_hangs_times_out_and_the_worker_is_replaced(daemon: LiveDaemon
     assert any("worker_replaced" in line and "deadline" in line for line in daemon.log)
 
 
-def _alive(pid: int) -> tuple[bool, int]:
-    """Whether `pid` runs (exists, not a zombie), and its parent's pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state, ppid = stat.read().rsplit(b")", 1)[1].split()[:2]
-    except (OSError, ValueError):
-        return False, 0
-    return state != b"Z", int(ppid)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Running processes below `pid`: a daemon's forkserver, workers and jails."""
-    parents = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        alive, ppid = _alive(int(entry))
-        if alive:
-            parents[int(entry)] = ppid
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def _still_running(pids: list[int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        running = [pid for pid in pids if _alive(pid)[0]]
-        if not running or time.monotonic() > deadline:
-            return running
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_a_large_math_request_behind_a_hanging_one_does_not_block_the_daemon(tmp_path: Path) -> None:
     """The only worker hangs in math-verify. A request too large for the worker's pipe must wait in
     the daemon's queue, not in a send to that worker: a send blocked until the worker reads would
     stop the daemon's loop, which then never kills the worker at its deadline (the worker spins on,
     even after the daemon is gone)."""
-    live = LiveDaemon(f"ipc://{tmp_path}/stacked.ipc", "--workers", "1", "--math-timeout-s", "2")
-    live.wait_serving()
+    live = judge_daemon(f"ipc://{tmp_path}/stacked.ipc", workers=1, math_timeout_s=2)
     raw = Client(live.address)
     replies: dict[bytes, object] = {}
     try:
@@ -224,17 +195,13 @@ def test_a_large_math_request_behind_a_hanging_one_does_not_block_the_daemon(tmp
         took = time.monotonic() - started
     finally:
         raw.close()
-        below = _descendants(live.process.pid)
+        below = descendants(live.process.pid)
         live.process.terminate()
-        try:
-            code = live.process.wait(10)
-        except subprocess.TimeoutExpired:
-            live.process.kill()
-            code = live.process.wait(5)
-        stray = _still_running(below, 5.0)
-        for pid in stray:  # the daemon's own workers, left spinning: never leave them behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            live.process.wait(10)
+        code = live.process.returncode
+        stray = still_running(below, 5.0)
+        live.stop()  # the daemon's own workers, left spinning: never leave them behind
     statuses = {ident: getattr(message, "status", message) for ident, message in replies.items()}
     assert statuses == {hanging: "timeout", large: "correct"}, f"after {took:.1f} s: {statuses}"
     assert took < 15
@@ -244,7 +211,7 @@ def test_a_large_math_request_behind_a_hanging_one_does_not_block_the_daemon(tmp
 
 @pytest.mark.slow
 def test_a_full_queue_answers_busy_and_the_client_retries(tmp_path: Path) -> None:
-    live = LiveDaemon(f"ipc://{tmp_path}/busy.ipc", "--workers", "1", "--queue-limit", "2").wait_serving()
+    live = judge_daemon(f"ipc://{tmp_path}/busy.ipc", workers=1, queue_limit=2)
     try:
         raw = Client(live.address)
         sent = [raw.send(slow_request(0.2, f"raw-{index}")) for index in range(8)]
@@ -268,9 +235,7 @@ def test_a_full_queue_answers_busy_and_the_client_retries(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_work_within_its_deadline(tmp_path: Path) -> None:
-    live = LiveDaemon(
-        f"ipc://{tmp_path}/drain.ipc", "--workers", "1", "--drain-timeout-s", "4"
-    ).wait_serving()
+    live = judge_daemon(f"ipc://{tmp_path}/drain.ipc", workers=1, drain_timeout_s=4)
     raw = Client(live.address)
     try:
         short = raw.send(slow_request(1.0, "short"))
@@ -297,9 +262,9 @@ def test_sigterm_drains_in_flight_work_within_its_deadline(tmp_path: Path) -> No
         live.stop()
 
 
-def _run_judge(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "judge", *args],
+        command,
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -308,46 +273,41 @@ def _run_judge(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.
     )
 
 
-def test_refuses_to_start_when_nsjail_cannot_run() -> None:
-    result = _run_judge("serve", "--bind", "ipc:///tmp/judge-never.ipc", "--set", "sandbox.nsjail=/bin/false")
+def test_refuses_to_start_when_nsjail_cannot_run(tmp_path: Path) -> None:
+    address = f"ipc://{tmp_path}/never.ipc"
+    result = _run(judge_serve_command(address, **{"sandbox.nsjail": "/bin/false"}))
     assert result.returncode == 3
     assert "refusing to start" in result.stderr and "sandbox_error" in result.stderr
-    result = _run_judge("serve", "--set", "sandbox.nsjail=/nonexistent/nsjail")
+    result = _run(judge_serve_command(address, **{"sandbox.nsjail": "/nonexistent/nsjail"}))
     assert result.returncode == 3
     assert "/nonexistent/nsjail does not exist" in result.stderr
 
 
 def test_unsafe_mode_runs_without_nsjail_and_warns() -> None:
     line = code_request("print(int(input()) * 3)", [("2", "6")], ident="u").model_dump_json()
-    result = _run_judge("check", "--unsafe-no-sandbox", "--workers", "1", stdin=line + "\n")
+    command = [sys.executable, "-m", "judge", "check", "sandbox.unsafe_no_sandbox=true", "workers=1"]
+    result = _run(command, stdin=line + "\n")
     assert result.returncode == 0, result.stderr
     assert '"status": "accepted"' in result.stdout
     assert "unsafe_no_sandbox" in result.stderr and "WITHOUT nsjail" in result.stderr
 
 
-def test_bad_configuration_names_the_field() -> None:
-    result = _run_judge("serve", "--set", "sandbox.limits.time_limit_s=-1")
+def test_bad_configuration_names_the_field(tmp_path: Path) -> None:
+    result = _run(judge_serve_command(f"ipc://{tmp_path}/never.ipc", **{"sandbox.limits.time_limit_s": -1}))
     assert result.returncode == 2
     assert "sandbox.limits.time_limit_s" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_off_loopback_only_with_curve(tmp_path: Path) -> None:
-    port = _free_port()
-    result = _run_judge("serve", "--bind", f"tcp://0.0.0.0:{port}")
+    result = _run(judge_serve_command(f"tcp://0.0.0.0:{free_port('0.0.0.0')}"))
     assert result.returncode == 2 and "CURVE" in result.stderr
     server_public, server_secret = generate_keys(tmp_path / "server", "judge")
     _, client_secret = generate_keys(tmp_path / "clients", "generator")
-    live = LiveDaemon(
-        f"tcp://0.0.0.0:{port}", "--workers", "1",
-        "--curve-secret", str(server_secret), "--curve-clients", str(tmp_path / "clients"),
-    ).wait_serving()  # fmt: skip
+    live = judge_daemon(
+        "tcp://0.0.0.0:0", workers=1, curve_secret=server_secret, curve_clients=tmp_path / "clients"
+    )
+    port = live.address.rsplit(":", 1)[1]
     try:
         keys = CurveClientKeys(server_public, client_secret)
         with JudgeClient(f"tcp://127.0.0.1:{port}", curve=keys) as client:

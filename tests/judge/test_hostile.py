@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from judge.client import JudgeClient
 from judge.code_check import judge_code
 from judge.config import SandboxConfig
 from judge.sandbox import Sandbox
 from proto.judge import JudgeRequest, Verdict
-from tests.judge.conftest import JAIL_UID, ROOT, LiveDaemon, code_request, wait_until_no_jailed_processes
+from proto.judge_client import JudgeClient
+from tests.judge.conftest import JAIL_UID, code_request, wait_until_no_jailed_processes
+from tests.judge_daemon import ROOT, LiveDaemon, descendants
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +35,19 @@ def sentinel() -> Iterator[subprocess.Popen[bytes]]:
 @pytest.fixture
 def judged(daemon: LiveDaemon, sentinel: subprocess.Popen[bytes]) -> Iterator[JudgeClientCheck]:
     with JudgeClient(daemon.address, request_timeout_s=120) as client:
-        yield JudgeClientCheck(client, sentinel)
+        yield JudgeClientCheck(client, daemon, sentinel)
 
 
 class JudgeClientCheck:
-    def __init__(self, client: JudgeClient, sentinel: subprocess.Popen[bytes]) -> None:
+    def __init__(self, client: JudgeClient, daemon: LiveDaemon, sentinel: subprocess.Popen[bytes]) -> None:
         self.client = client
+        self.daemon = daemon
         self.sentinel = sentinel
 
     def __call__(self, request: JudgeRequest) -> Verdict:
         """Judge `request`, then check the host: nothing of the jail left, sentinel alive, judge serving."""
         verdict = self.client.judge([request], timeout_s=120)[request.id]
-        left = wait_until_no_jailed_processes(keep=(self.sentinel.pid,))
+        left = wait_until_no_jailed_processes(self.daemon)
         assert not left, f"processes of the submission left running: {left}"
         assert self.sentinel.poll() is None, "a jailed program killed a host process"
         sanity = code_request("print(int(input()) * 2)", [("21", "42")], ident=f"sanity-{uuid.uuid4().hex}")
@@ -232,14 +234,15 @@ def test_output_floods(judged: JudgeClientCheck) -> None:
 
 
 def test_the_jail_cgroups_are_emptied(daemon: LiveDaemon) -> None:
-    """No jail cgroup keeps a process (teardown may lag a verdict by milliseconds)."""
+    """No jail cgroup keeps a process of this daemon (teardown may lag a verdict by milliseconds)."""
 
     def occupied() -> list[Path]:
+        ours = {str(pid) for pid in descendants(daemon.process.pid)}
         return [
             path
             for controller in ("memory", "pids")
             for path in Path(f"/sys/fs/cgroup/{controller}/NSJAIL").glob("NSJAIL.*")
-            if path.is_dir() and _read(path / "cgroup.procs")
+            if path.is_dir() and ours.intersection(_read(path / "cgroup.procs").split())
         ]
 
     deadline = time.monotonic() + 5

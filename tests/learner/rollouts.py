@@ -37,12 +37,14 @@ def group(
     kind: str = "math",
     version: int = 0,
     stage: int = 0,
+    temperature: float = 1.0,
 ) -> RolloutGroup:
     return RolloutGroup(
         work_id=work_id,
         kind=kind,
         stage=stage,
         policy_version=version,
+        temperature=temperature,
         generator_id="test",
         prompt_token_ids=np.array(prompt, dtype=np.int32),
         completions=completions,

@@ -9,6 +9,7 @@ import pytest
 
 from learner.bandit import TargetTokenBandit
 from learner.config import LearnerConfig
+from learner.grpo import select_groups
 from learner.trainer import Learner
 from proto.rollout import RolloutGroup
 
@@ -36,7 +37,9 @@ def train(model_dir: Path, run_dir: Path, flip: bool) -> list[float]:
     curve = [task.expected_reward(learner.engine.module)]
     for _ in range(STEPS):
         groups = task.sample(learner.engine.module, learner.version)
-        metrics = learner.train_step(flipped(groups) if flip else groups)
+        metrics = learner.train_step(
+            select_groups(flipped(groups) if flip else groups, drop_zero_variance=True)
+        )
         assert metrics["trained"] and metrics["policy_version"] == groups[0].policy_version
         curve.append(task.expected_reward(learner.engine.module))
     return curve

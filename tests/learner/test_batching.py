@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from learner.batching import build_samples, collate, micro_batches, plan_micro_batches
-from learner.grpo import select_groups
+from learner.grpo import advantages, select_groups
 from tests.learner.rollouts import completion, group, mixed_batch
 
 
@@ -28,8 +28,8 @@ def test_longest_first_keeps_padding_small() -> None:
 
 def test_targets_masks_and_advantages_line_up() -> None:
     groups = mixed_batch()
-    sel = select_groups(groups, drop_zero_variance=True, eps=1e-6)
-    samples = build_samples(sel.trained, sel.advantages, mask_truncated=True)
+    sel = select_groups(groups, drop_zero_variance=True)
+    samples = build_samples(sel.trained, advantages(sel.trained, eps=1e-6), mask_truncated=True)
     mb = collate(samples)
     for row, s in enumerate(samples):
         cols = np.flatnonzero(mb.valid_mask[row].numpy())
@@ -64,8 +64,8 @@ def test_empty_prompt_is_refused_and_empty_completion_skipped() -> None:
 
 
 def test_micro_batches_split_the_batch() -> None:
-    sel = select_groups(mixed_batch(), drop_zero_variance=False, eps=1e-6)
-    samples = build_samples(sel.trained, sel.advantages, mask_truncated=True)
+    sel = select_groups(mixed_batch(), drop_zero_variance=False)
+    samples = build_samples(sel.trained, advantages(sel.trained, eps=1e-6), mask_truncated=True)
     mbs = micro_batches(samples, token_budget=40)
     assert len(mbs) > 1
     assert sum(int(mb.valid_mask.sum()) for mb in mbs) == sum(len(s.completion) for s in samples)

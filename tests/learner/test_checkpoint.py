@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from learner import checkpoint
 from learner.bandit import TargetTokenBandit
 from learner.config import LearnerConfig
+from learner.grpo import select_groups
 from learner.trainer import Learner
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,8 @@ def make(model_dir: Path, run_dir: Path, **checkpoint_cfg: object) -> tuple[Lear
 def run_steps(learner: Learner, task: TargetTokenBandit, steps: int) -> list[float]:
     losses = []
     for _ in range(steps):
-        losses.append(learner.train_step(task.sample(learner.engine.module, learner.version))["loss"])
+        batch = select_groups(task.sample(learner.engine.module, learner.version), drop_zero_variance=True)
+        losses.append(learner.train_step(batch)["loss"])
     return losses
 
 

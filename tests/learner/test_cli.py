@@ -70,3 +70,21 @@ def test_bad_config_exits_with_the_field_named(tmp_path: Path, capsys: pytest.Ca
         structlog.reset_defaults()  # main() pointed the logs at pytest's captured stderr
     assert code == 2
     assert "grpo.clip_low" in capsys.readouterr().err
+
+
+def test_a_run_without_a_model_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "run.yaml"
+    stage = "{name: a, kind: math, prompts: p.jsonl, steps: 1, max_response_tokens: 8, batch_prompts: 2, n: 2"
+    recipe.write_text(f"schedule:\n  stages:\n    - {stage}, learning_rate: 1.0e-6}}\n")
+    try:
+        missing = main(["run", "--config", str(recipe), f"run_dir={tmp_path / 'run'}"])
+        bad = main(["run", "--config", str(recipe), "schedule.stages.0.steps=0"])
+    finally:
+        structlog.reset_defaults()
+    assert (missing, bad) == (2, 2)
+    err = capsys.readouterr().err
+    assert "error: model.path: required" in err
+    assert (
+        f"error: {recipe}, line 3: schedule.stages.0.steps: Input should be greater than or equal to 1" in err
+    )
+    assert not (tmp_path / "run").exists()

@@ -7,14 +7,18 @@ import pytest
 import torch
 
 from learner.grpo import (
+    Batch,
+    advantages,
     clipped_policy_loss,
     group_advantages,
     kl_k3,
     logprob_mismatch,
+    screen,
     select_groups,
     token_loss,
     truncated_is_weights,
 )
+from proto.rollout import RolloutGroup
 from tests.learner.rollouts import completion, group, mixed_batch
 
 
@@ -30,21 +34,35 @@ def test_advantages_by_hand() -> None:
 
 def test_selection_counts_and_drops() -> None:
     groups = mixed_batch()
-    kept = select_groups(groups, drop_zero_variance=True, eps=1e-6)
-    assert kept.unjudged == 1 and kept.zero_variance == 2
+    kept = select_groups(groups, drop_zero_variance=True)
+    assert kept.unjudged == 1 and [g.work_id for g in kept.left_out] == ["c-all-right", "d-all-wrong"]
     assert [g.work_id for g in kept.trained] == ["a", "b", "f"]
-    assert len(kept.judged) == 5
-    flat = select_groups(groups, drop_zero_variance=False, eps=1e-6)
+    assert len(kept.groups) == 5
+    flat = select_groups(groups, drop_zero_variance=False)
     assert [g.work_id for g in flat.trained] == ["a", "b", "c-all-right", "d-all-wrong", "f"]
-    assert all(float(np.abs(a).max()) == 0.0 for a in flat.advantages[2:4])
+    assert flat.left_out == [] and flat.unjudged == 1
+    assert all(float(np.abs(a).max()) == 0.0 for a in advantages(flat.trained, eps=1e-6)[2:4])
 
 
 def test_unjudged_group_is_never_trained_even_with_signal() -> None:
     g = group(
         "x", [1, 2], [completion([3], 1.0), completion([4], 0.0), completion([5], 0.0, status="timeout")]
     )
-    sel = select_groups([g], drop_zero_variance=False, eps=1e-6)
-    assert sel.trained == [] and sel.unjudged == 1 and sel.judged == []
+    sel = select_groups([g], drop_zero_variance=False)
+    assert sel.trained == [] and sel.unjudged == 1 and sel.groups == []
+    assert screen(g) == "unjudged"
+    with pytest.raises(ValueError, match="rollout_group x: a verdict is missing"):
+        Batch(trained=[g])  # nothing reaches the trainer around the screen
+
+
+def test_a_batch_trains_at_the_temperature_its_groups_were_sampled_at() -> None:
+    def at(temperature: float, name: str = "g") -> RolloutGroup:
+        return group(name, [1], [completion([2], 1.0), completion([3], 0.0)], temperature=temperature)
+
+    assert Batch(trained=[at(0.6), at(0.6, "h")]).temperature == 0.6
+    assert Batch(trained=[at(0.0)]).temperature == 1.0  # greedy samples train as plain samples
+    with pytest.raises(ValueError, match=r"temperatures \[0.6, 1.0\]"):
+        _ = Batch(trained=[at(0.6)], left_out=[at(1.0, "h")]).temperature
 
 
 def test_on_policy_loss_is_reinforce() -> None:

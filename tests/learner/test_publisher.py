@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from learner.publisher import WeightAssembler, WeightPublisher, weight_chunks
+from generator.weight_set import WeightSetWriter
+from learner.publisher import WeightPublisher, weight_chunks
 from proto.curve import CurveClientKeys, CurveServerKeys, generate_keys
 from proto.rollout import WorkAborted
 from proto.sockets import Client, RemoteError
@@ -26,16 +28,33 @@ def sample_tensors(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def fetch(client: Client, version: int, timeout_ms: int = 10_000) -> dict[str, torch.Tensor]:
-    request_id = client.send(WeightRequest(version=version, generator_id="gen-test"))
-    assembler = WeightAssembler(version)
+def reassemble(version: int, chunks: Iterable[WeightChunk]) -> dict[str, torch.Tensor]:
+    """The tensors a generator rebuilds from `chunks` (its writer checks order and coverage)."""
+    writer = WeightSetWriter(version)
+    for chunk in chunks:
+        writer.write(chunk)
+    weight_set = writer.finish()
+    try:
+        return {name: tensor.clone() for name, tensor in weight_set.tensors()}  # type: ignore[union-attr]
+    finally:
+        weight_set.close()
+
+
+def received(client: Client, request_id: bytes, timeout_ms: int = 10_000) -> Iterator[WeightChunk]:
+    """The chunks answering `request_id`, up to the last one."""
     while True:
         reply = client.recv(timeout_ms)
         assert reply is not None, "no chunk within the timeout"
         assert reply.request_id == request_id
         assert isinstance(reply.message, WeightChunk), reply.message
-        if assembler.add(reply.message):
-            return assembler.tensors()
+        yield reply.message
+        if reply.message.last:
+            return
+
+
+def fetch(client: Client, version: int) -> dict[str, torch.Tensor]:
+    request_id = client.send(WeightRequest(version=version, generator_id="gen-test"))
+    return reassemble(version, received(client, request_id))
 
 
 def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -52,10 +71,7 @@ def test_chunks_cover_every_byte_in_order() -> None:
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert [c.last for c in chunks].count(True) == 1 and chunks[-1].last
     assert sum(c.name == "model.embed_tokens.weight" for c in chunks) == 12  # 64*48*4 bytes / 1024
-    assembler = WeightAssembler(3)
-    for c in chunks:
-        assembler.add(c)
-    assert_bitwise_equal(assembler.tensors(), tensors)
+    assert_bitwise_equal(reassemble(3, chunks), tensors)
 
 
 def test_generator_fetches_the_published_version() -> None:
@@ -98,13 +114,8 @@ def test_transfers_interleave_and_keep_their_snapshot() -> None:
             publisher.publish(2, v2)
             results = {}
             for name, client, request_id, first in (("a", a, id_a, first_a), ("b", b, id_b, first_b)):
-                assembler = WeightAssembler(1)
-                done = assembler.add(first.message)
-                while not done:
-                    reply = client.recv(10_000)
-                    assert reply is not None and reply.request_id == request_id
-                    done = assembler.add(reply.message)
-                results[name] = assembler.tensors()
+                assert isinstance(first.message, WeightChunk) and not first.message.last
+                results[name] = reassemble(1, [first.message, *received(client, request_id)])
             assert_bitwise_equal(results["a"], v1)
             assert_bitwise_equal(results["b"], v1)
             assert_bitwise_equal(fetch(a, 2), v2)

@@ -18,7 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from learner.config import LearnerConfig
+from learner.grpo import Batch, select_groups
 from learner.trainer import Learner
+from proto.config import replace
 from proto.rollout import RolloutGroup
 from tests.learner.rollouts import mixed_batch
 
@@ -38,6 +40,10 @@ def make_learner(model_dir: Path, tmp_path: Path, optim: dict | None = None, **g
         }
     )
     return Learner(cfg)
+
+
+def screened(learner: Learner, groups: list[RolloutGroup]) -> Batch:
+    return select_groups(groups, drop_zero_variance=learner.cfg.grpo.drop_zero_variance)
 
 
 def fresh_model(model_dir: Path) -> torch.nn.Module:
@@ -140,7 +146,7 @@ def test_loss_and_gradient_equal_reference(tiny_model_dir: Path, tmp_path: Path,
     temperature = options.get("temperature", 1.0)
     learner = make_learner(tiny_model_dir, tmp_path, **options)
     groups = mixed_batch()
-    batch = learner.prepare(groups)
+    batch = learner.prepare(screened(learner, groups))
     assert len(batch.micro_batches) > 1
     ours = learner.accumulate(batch, temperature)
 
@@ -168,7 +174,7 @@ def test_kl_penalty_equals_reference(tiny_model_dir: Path, tmp_path: Path) -> No
 
     learner = make_learner(tiny_model_dir, tmp_path, kl_coef=0.5, ref_model_path=ref_dir)
     groups = mixed_batch(seed=3)
-    ours = learner.accumulate(learner.prepare(groups), 1.0)
+    ours = learner.accumulate(learner.prepare(screened(learner, groups)), 1.0)
 
     model = fresh_model(tiny_model_dir)
     theirs = reference(model, groups, kl_coef=0.5, ref_model=fresh_model(ref_dir))
@@ -183,7 +189,7 @@ def test_second_ppo_update_clips_like_reference(tiny_model_dir: Path, tmp_path: 
     still match the reference computed from the old and the updated model."""
     learner = make_learner(tiny_model_dir, tmp_path, updates_per_batch=2)
     groups = mixed_batch(seed=5)
-    batch = learner.prepare(groups)
+    batch = learner.prepare(screened(learner, groups))
     first = learner.accumulate(batch, 1.0)
     learner.engine.step()
     second = learner.accumulate(batch, 1.0, old_logps=first["old_logps"])
@@ -209,12 +215,12 @@ def test_micro_batches_give_the_full_batch_update(tiny_model_dir: Path, tmp_path
     runs = {}
     for budget in (16, 100_000):
         learner = make_learner(tiny_model_dir, tmp_path / str(budget), optim={"lr": 1e-3, "eps": 1e-4})
-        learner.cfg.batching.micro_batch_tokens = budget
-        batch = learner.prepare(groups)
+        learner.cfg = replace(learner.cfg, batching={"micro_batch_tokens": budget})
+        batch = learner.prepare(screened(learner, groups))
         learner.accumulate(batch, 1.0)
         grads = {n: p.grad.clone() for n, p in learner.engine.module.named_parameters()}
         learner.engine.zero_grad()
-        metrics = learner.train_step(groups)
+        metrics = learner.train_step(screened(learner, groups))
         params = {n: p.detach().clone() for n, p in learner.engine.module.named_parameters()}
         runs[budget] = (len(batch.micro_batches), metrics, grads, params)
     (small_count, small_metrics, small_grads, small), (big_count, big_metrics, big_grads, big) = (

@@ -101,14 +101,19 @@ CRASHING_SAVE = """
 import os, signal, sys
 from learner.bandit import TargetTokenBandit
 from learner.config import LearnerConfig
+from learner.grpo import select_groups
 from learner.trainer import Learner
 
 cfg = LearnerConfig.model_validate({"run_dir": sys.argv[1], "model": {"path": sys.argv[2]}})
 learner = Learner(cfg)
 task = TargetTokenBandit(learner.engine.module.config.vocab_size, prompts=4, n=4)
-learner.train_step(task.sample(learner.engine.module, learner.version))
+def step():
+    groups = task.sample(learner.engine.module, learner.version)
+    learner.train_step(select_groups(groups, drop_zero_variance=True))
+
+step()
 learner.save_checkpoint({"good": True})
-learner.train_step(task.sample(learner.engine.module, learner.version))
+step()
 write_hf = learner.engine.save_pretrained
 
 def dying(directory):

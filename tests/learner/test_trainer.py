@@ -1,4 +1,5 @@
-"""The step's edges: bad input changes nothing, an empty batch changes nothing, versions count."""
+"""The step's edges: bad input changes nothing, a batch without signal keeps the weights but still
+counts as a step, versions count."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from learner.config import LearnerConfig
+from learner.grpo import select_groups
 from learner.trainer import Learner
 from tests.learner.rollouts import completion, group, mixed_batch
 
@@ -32,30 +34,32 @@ def test_bad_group_raises_before_anything_changes(learner: Learner) -> None:
     before = snapshot(learner)
     bad = group("bad", [1, 2], [completion([3], 1.0), completion([10_000], 0.0)])
     with pytest.raises(ValueError, match="rollout_group bad"):
-        learner.train_step([*mixed_batch(), bad])
+        learner.train_step(select_groups([*mixed_batch(), bad], drop_zero_variance=True))
     assert (learner.step, learner.version, learner.engine.optimizer_steps) == (0, 0, 0)
     assert unchanged(learner, before)
-    assert learner.train_step(mixed_batch())["trained"]
+    assert learner.train_step(select_groups(mixed_batch(), drop_zero_variance=True))["trained"]
     assert (learner.step, learner.version) == (1, 1)
 
 
-def test_batch_without_signal_changes_nothing(learner: Learner) -> None:
+def test_batch_without_signal_keeps_the_weights_and_still_counts(learner: Learner) -> None:
     before = snapshot(learner)
     flat = [g for g in mixed_batch() if g.work_id in ("c-all-right", "d-all-wrong", "e-unjudged")]
-    metrics = learner.train_step(flat)
+    metrics = learner.train_step(select_groups(flat, drop_zero_variance=True))
     assert not metrics["trained"]
     assert (
         metrics["groups_zero_var"] == 2
         and metrics["groups_unjudged"] == 1
         and metrics["zero_var_frac"] == 1.0
     )
-    assert (learner.step, learner.version) == (0, 0) and unchanged(learner, before)
+    assert unchanged(learner, before) and learner.engine.optimizer_steps == 0
+    # the step finished on the clock (learner/on_policy.py): the version moves on, same weights
+    assert (metrics["step"], metrics["new_version"], learner.step, learner.version) == (0, 1, 1, 1)
 
 
 def test_versions_and_metrics_of_consecutive_steps(learner: Learner) -> None:
     for step in range(3):
         groups = [g.model_copy(update={"policy_version": step, "stage": 2}) for g in mixed_batch(seed=step)]
-        metrics = learner.train_step(groups)
+        metrics = learner.train_step(select_groups(groups, drop_zero_variance=True))
         assert (metrics["step"], metrics["policy_version"], metrics["new_version"]) == (step, step, step + 1)
         assert metrics["sample_versions"] == [step, step] and metrics["stage"] == 2
         assert metrics["groups_trained"] == 3 and metrics["truncated_frac"] == pytest.approx(4 / 15)

@@ -132,6 +132,7 @@ class ScriptedGenerator(threading.Thread):
             kind=item.kind,
             stage=item.stage,
             policy_version=item.policy_version,
+            temperature=item.sampling.temperature,
             generator_id=self.generator_id,
             attempt=item.attempt,
             prompt_token_ids=[1, 2, 3],

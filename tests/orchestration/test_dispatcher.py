@@ -21,6 +21,8 @@ from proto import (
     RemoteError,
     Shutdown,
     SocketLimits,
+    Status,
+    StatusRequest,
     WeightAnnounce,
     WorkBatch,
     WorkCancel,
@@ -83,7 +85,7 @@ def test_a_step_round_trip(dispatcher: Dispatcher) -> None:
     assert [gen.answer(i) for i in items] == ["accepted"] * 4
     assert gen.answer(items[0]) == "late"  # a resend is acknowledged but not counted
     batch = dispatcher.take_batch(timeout_s=5)
-    assert sorted(g.work_id for g in batch) == sorted(i.id for i in items)
+    assert sorted(g.work_id for g in batch.groups) == sorted(i.id for i in items)
     announcement = WeightAnnounce(version=1, num_tensors=3, total_bytes=100, address="tcp://127.0.0.1:1")
     dispatcher.publish(announcement)
     nxt = gen.collect(4)
@@ -116,8 +118,8 @@ def test_a_silent_generator_loses_its_work_to_another(dispatcher: Dispatcher) ->
             assert busy.answer(item) == "accepted"
         assert quiet.answer(held[0]) == "late"  # it comes back too late: dropped
         batch = dispatcher.take_batch(timeout_s=5)
-        assert sorted(g.work_id for g in batch) == sorted(i.id for i in held)
-        assert {g.generator_id for g in batch} == {"busy"}
+        assert sorted(g.work_id for g in batch.groups) == sorted(i.id for i in held)
+        assert {g.generator_id for g in batch.groups} == {"busy"}
     finally:
         stop.set()
         beater.join()
@@ -148,6 +150,33 @@ def test_bad_requests_are_refused_and_the_dispatcher_goes_on(dispatcher: Dispatc
         assert isinstance(client.request(Heartbeat(sender="h", role="generator", time=0.0)), Ack)
 
 
+def test_status_lists_the_connected_generators_and_where_the_run_stands(dispatcher: Dispatcher) -> None:
+    with Client(dispatcher.address, limits=LIMITS) as supervisor:
+        assert supervisor.request(StatusRequest()) == Status(
+            generators=[], step=0, version=None, stage=0, done=False
+        )
+        # a supervisor's probes are answered, and it is not taken for a generator
+        assert isinstance(supervisor.request(Hello(sender="supervisor", role="client")), Ack)
+        assert isinstance(supervisor.request(Heartbeat(sender="supervisor", role="client", time=0.0)), Ack)
+        assert supervisor.request(StatusRequest()).generators == []
+        gen = ScriptedGenerator(dispatcher.address, "g0")
+        gen.credit(4)
+        for item in gen.collect(4):
+            gen.answer(item)
+        dispatcher.take_batch(timeout_s=5)
+        dispatcher.publish(
+            WeightAnnounce(version=1, num_tensors=1, total_bytes=1, address="tcp://127.0.0.1:1")
+        )
+        assert supervisor.request(StatusRequest()) == Status(
+            generators=["g0"], step=1, version=1, stage=0, done=False
+        )
+        gen.close()  # silent past the heartbeat timeout (1 s): no longer listed
+        deadline = time.monotonic() + 5
+        while supervisor.request(StatusRequest()).generators and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert supervisor.request(StatusRequest()).generators == []
+
+
 def test_take_batch_times_out_with_a_reason(dispatcher: Dispatcher) -> None:
     with pytest.raises(TimeoutError, match="0 groups ready"):
         dispatcher.take_batch(timeout_s=0.3)
@@ -175,7 +204,7 @@ def test_a_restarted_generator_gets_its_old_work_again_at_once(dispatcher: Dispa
     assert sorted(i.id for i in again) == sorted(i.id for i in held) and {i.attempt for i in again} == {1}
     for item in again:
         assert second.answer(item) == "accepted"
-    assert len(dispatcher.take_batch(timeout_s=5)) == 4
+    assert len(dispatcher.take_batch(timeout_s=5).groups) == 4
     second.close()
 
 
@@ -208,7 +237,7 @@ def test_work_a_heartbeat_does_not_list_is_issued_again_once_past_the_grace() ->
         assert sorted(i.id for i in again) == sorted(i.id for i in lost) and {i.attempt for i in again} == {1}
         for item in got + again:
             assert gen.answer(item) == "accepted"
-        assert len(running.take_batch(timeout_s=5)) == 4
+        assert len(running.take_batch(timeout_s=5).groups) == 4
         beat([])  # a heartbeat without work ids (older senders) changes nothing either
     finally:
         gen.close()

@@ -4,24 +4,20 @@ sockets; generators are scripted (the engine-backed ones are tested in test_run_
 from __future__ import annotations
 
 import json
-import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from learner.batch_log import read_batches
-from learner.run import RunConfig, train
+from learner.config import RunConfig
+from learner.run import train
 from learner.work_ledger import split_work_id
+from proto.ready import read_ready
 from tests.orchestration.scripted_generator import ScriptedGenerator
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
@@ -43,7 +39,7 @@ def prompt_files(tmp_path: Path) -> tuple[Path, Path]:
     return math, code
 
 
-def config(tiny_model_dir: Path, tmp_path: Path, address: str, evals: bool = False, **schedule) -> RunConfig:
+def config(tiny_model_dir: Path, tmp_path: Path, evals: bool = False, **schedule) -> RunConfig:
     math, code = prompt_files(tmp_path)
     eval_sets = (
         [{"task": "math", "prompts": math, "limit": 4}, {"task": "code", "prompts": code}] if evals else []
@@ -55,7 +51,7 @@ def config(tiny_model_dir: Path, tmp_path: Path, address: str, evals: bool = Fal
             "model": {"path": tiny_model_dir},
             "metrics": {"tensorboard": False},
             "checkpoint": {"every_steps": 2, "hf_model": False},
-            "dispatch": {"address": address, "heartbeat_timeout_s": 10, "batch_timeout_s": 60},
+            "dispatch": {"address": "tcp://127.0.0.1:*", "heartbeat_timeout_s": 10, "batch_timeout_s": 60},
             "eval": {"sets": eval_sets, "k": 4, "timeout_s": 60},
             "schedule": {
                 "stages": [
@@ -69,18 +65,40 @@ def config(tiny_model_dir: Path, tmp_path: Path, address: str, evals: bool = Fal
 
 
 def run_with_generators(cfg: RunConfig, count: int = 2, **train_args) -> tuple[dict, list[ScriptedGenerator]]:
-    generators = [ScriptedGenerator(cfg.dispatch.address, f"g{i}", seed=i) for i in range(count)]
+    """Train in a thread; the generators connect to the port the dispatcher announces once bound."""
+    ready_file = cfg.run_dir / "ready.json"
+    ready_file.unlink(missing_ok=True)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = train(cfg, ready_file=ready_file, **train_args)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    trainer = threading.Thread(target=run, name="train")
+    trainer.start()
+    deadline = time.monotonic() + 120
+    while (ready := read_ready(ready_file)) is None and trainer.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready is not None or "error" in outcome, "the learner never announced its addresses"
+    generators = (
+        [ScriptedGenerator(ready["dispatch"], f"g{i}", seed=i) for i in range(count)] if ready else []
+    )
     for generator in generators:
         generator.start()
     try:
-        summary = train(cfg, **train_args)
+        trainer.join()
     finally:
         for generator in generators:
             generator.join(timeout=10)  # a finished run tells them to shut down
             generator.stop_event.set()
             generator.join(timeout=10)
+    if "error" in outcome:
+        raise outcome["error"]
+    assert not ready["dispatch"].endswith(":*") and not ready["weights"].endswith(":*")
     assert [g.error for g in generators] == [None] * count
-    return summary, generators
+    return outcome["summary"], generators
 
 
 def train_records(run_dir: Path) -> list[dict]:
@@ -92,7 +110,7 @@ def train_records(run_dir: Path) -> list[dict]:
 def test_every_trained_sample_has_the_version_its_step_allows(
     tiny_model_dir: Path, tmp_path: Path, staleness: int
 ) -> None:
-    cfg = config(tiny_model_dir, tmp_path, f"tcp://127.0.0.1:{free_port()}", max_staleness=staleness)
+    cfg = config(tiny_model_dir, tmp_path, max_staleness=staleness)
     started = time.time()
     summary, generators = run_with_generators(cfg)
     assert summary["done"] and summary["steps"] == 5
@@ -118,9 +136,9 @@ def test_every_trained_sample_has_the_version_its_step_allows(
 
 
 def test_resume_mid_stage_trains_the_same_prompts(tiny_model_dir: Path, tmp_path: Path) -> None:
-    straight = config(tiny_model_dir, tmp_path / "a", f"tcp://127.0.0.1:{free_port()}")
+    straight = config(tiny_model_dir, tmp_path / "a")
     run_with_generators(straight, count=1)
-    stopped = config(tiny_model_dir, tmp_path / "b", f"tcp://127.0.0.1:{free_port()}")
+    stopped = config(tiny_model_dir, tmp_path / "b")
     run_with_generators(stopped, count=1, max_steps=2)  # checkpoint at step 2, mid math stage
     summary, _ = run_with_generators(stopped, count=1, resume=True)
     assert summary["done"] and summary["steps"] == 5
@@ -130,7 +148,7 @@ def test_resume_mid_stage_trains_the_same_prompts(tiny_model_dir: Path, tmp_path
 
 
 def test_held_out_evaluation_before_rl_and_after_every_stage(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cfg = config(tiny_model_dir, tmp_path, f"tcp://127.0.0.1:{free_port()}", evals=True)
+    cfg = config(tiny_model_dir, tmp_path, evals=True)
     summary, _ = run_with_generators(cfg)
     assert summary["done"]
     lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()

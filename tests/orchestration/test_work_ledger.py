@@ -77,6 +77,7 @@ def answer(
         kind=item.kind,
         stage=item.stage,
         policy_version=item.policy_version if version is None else version,
+        temperature=item.sampling.temperature,
         generator_id=generator,
         attempt=item.attempt,
         prompt_token_ids=[5],
@@ -92,7 +93,7 @@ def test_strict_mode_issues_one_batch_per_version() -> None:
     for item in items:
         assert book.accept(answer(item)) == "accepted"
     batch, cancel = book.take_batch()
-    assert [g.work_id for g in batch] == [i.id for i in items] and cancel == {}
+    assert [g.work_id for g in batch.trained] == [i.id for i in items] and cancel == {}
     assert book.issue("g0", 100) == []  # strictly on-policy: nothing until version 1 is out
     book.publish(1)
     items = book.issue("g0", 100)
@@ -108,7 +109,7 @@ def test_staleness_one_lets_generators_run_ahead() -> None:
     batch0, _ = book.take_batch()
     assert book.issue("g0", 100) == []  # step 1's batch is already in hand
     batch1, _ = book.take_batch()  # version 0 is admissible at step 1
-    assert {g.policy_version for g in batch0 + batch1} == {0}
+    assert {g.policy_version for g in batch0.groups + batch1.groups} == {0}
     assert book.take_batch() is None and book.issue("g0", 100) == []  # version 0 is too old for step 2
     book.publish(1)
     assert {i.policy_version for i in book.issue("g0", 100)} == {1}
@@ -128,7 +129,7 @@ def test_newer_work_waits_until_a_generator_has_returned_its_older_work() -> Non
     for item in first[4:]:
         assert book.accept(answer(item)) == "accepted"
     batch, _ = book.take_batch()
-    assert {g.policy_version for g in batch} == {0}  # the run-ahead was trained, not sampled again
+    assert {g.policy_version for g in batch.groups} == {0}  # the run-ahead was trained, not sampled again
     book.publish(2)
     assert [i.policy_version for i in book.issue("g0", 100)] == [2] * 4  # g0 holds nothing older
     assert book.issue("g1", 100) == []  # g1 still samples version 1, trainable at step 2
@@ -162,7 +163,7 @@ def test_late_answers_and_resends_count_once() -> None:
     assert book.accept(answer(retry[0], generator="g1")) == "late"  # a resend
     assert book.accept(answer(retry[1], generator="g1")) == "accepted"
     batch, _ = book.take_batch()
-    assert sorted(g.work_id for g in batch) == sorted(i.id for i in first)
+    assert sorted(g.work_id for g in batch.groups) == sorted(i.id for i in first)
 
 
 def test_lost_generator_loses_its_leases() -> None:
@@ -201,7 +202,7 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_tops_up() -> None:
     last = book.issue("g0", 10)
     book.accept(answer(last[0]))
     batch, _ = book.take_batch()
-    assert all(len({c.reward for c in g.completions}) == 2 for g in batch)
+    assert all(len({c.reward for c in g.completions}) == 2 for g in batch.groups) and not batch.left_out
     # the groups left out are still counted for the policy's sampled accuracy: 2 of 4 correct
     assert book.counts["zero_variance_completions"] == 4
     assert book.counts["zero_variance_correct"] == 2
@@ -234,14 +235,14 @@ def test_stage_boundary_discards_the_old_stage() -> None:
     for item in math_items:
         book.accept(answer(item))
     batch, _cancel = book.take_batch()
-    assert {g.kind for g in batch} == {"math"} and book.stage.name == "c"
+    assert {g.kind for g in batch.groups} == {"math"} and book.stage.name == "c"
     code_items = book.issue("g0", 10)
     assert {i.kind for i in code_items} == {"code"} and {i.stage for i in code_items} == {1}
     assert code_items[0].tests == [Case(input="", output=code_items[0].id.rsplit("c", 1)[1])]
     book.accept(answer(code_items[0]))
     book.accept(answer(code_items[1]))
     batch, _ = book.take_batch()
-    assert {g.stage for g in batch} == {1}
+    assert {g.stage for g in batch.groups} == {1}
     assert book.done and book.issue("g0", 10) == []
 
 
@@ -258,7 +259,7 @@ def test_epoch_filter_removes_exactly_the_prompts_every_completion_solved() -> N
             seen_epoch0.append(prompt_id)
             book.accept(answer(item, rewards=[1.0, 1.0] if prompt_id in solved_all else [1.0, 0.0]))
         book.take_batch()
-        book.publish(book.published + 1)
+        book.publish(book.on_policy.published + 1)
     assert sorted(seen_epoch0) == sorted(p.id for p in prompts)
     epoch1 = book.issue("g0", 10)
     assert book.counts["filtered_out"] == 2 and book.removed == solved_all
@@ -292,8 +293,8 @@ def test_resume_continues_with_the_same_prompts(staleness: int) -> None:
             for item in book.issue("g0", 100):
                 book.accept(answer(item))
             batch, _ = book.take_batch()
-            trained += [g.work_id for g in batch]
-            book.publish(book.published + 1)
+            trained += [g.work_id for g in batch.groups]
+            book.publish(book.on_policy.published + 1)
         return trained
 
     def fresh() -> WorkLedger:
@@ -304,6 +305,7 @@ def test_resume_continues_with_the_same_prompts(staleness: int) -> None:
     state = straight.state()
     tail = run(straight, 5)
     resumed = fresh()
+    resumed.on_policy.restore(3)  # as the learner's checkpoint of step 3 restores the shared clock
     resumed.restore(state)
     assert run(resumed, 5) == tail
 
@@ -316,3 +318,36 @@ def test_dynamic_sampling_gives_up_on_a_batch_without_signal() -> None:
             outcomes.append(book.accept(answer(item, rewards=[0.0, 0.0])))
     assert outcomes == ["zero_variance"] * 4 + ["accepted"] * 2
     assert book.counts["zero_variance_kept"] == 2
+
+
+def test_groups_kept_to_fill_a_batch_are_left_out_of_training() -> None:
+    book = ledger([stage("m", steps=1, batch=2)], [math_prompts(20)], max_zero_variance_batches=1)
+    while (taken := book.take_batch()) is None:
+        for item in book.issue("g0", 1):
+            book.accept(answer(item, rewards=[1.0, 1.0]))
+    batch, _ = taken
+    # screened once, here: the trainer gets them as left out (counted in its figures), never to train
+    assert batch.trained == [] and len(batch.left_out) == 2 and batch.unjudged == 0
+    assert book.counts["zero_variance"] == 2 and book.counts["zero_variance_kept"] == 2
+
+
+def test_a_group_sampled_at_another_temperature_is_refused() -> None:
+    book = ledger([stage("m", steps=1, batch=1)], [math_prompts(5)])
+    item = book.issue("g0", 1)[0]
+    group = answer(item).model_copy(update={"temperature": item.sampling.temperature + 0.5})
+    assert book.accept(group) == "mismatched"
+    assert [i.id for i in book.issue("g0", 1)] == [item.id]
+
+
+def test_a_temperature_ramp_never_mixes_temperatures_in_a_batch() -> None:
+    ramped = stage("m", steps=5, batch=2, temperature=0.6, temperature_final=1.0, ramp_epochs=2)
+    book = ledger([ramped], [math_prompts(5)], dynamic_sampling=False)
+    batches = []
+    for _ in range(5):
+        for item in book.issue("g0", 100):
+            book.accept(answer(item))
+        batch, _ = book.take_batch()
+        batches.append([g.temperature for g in batch.groups])
+        book.publish(book.on_policy.published + 1)
+    # the epoch's fifth prompt trains alone: the next epoch waits for it, at its new temperature
+    assert batches == [[0.6, 0.6], [0.6, 0.6], [0.6], [1.0, 1.0], [1.0, 1.0]]

@@ -19,6 +19,8 @@ from proto import (
     SamplingParams,
     Shutdown,
     StatsRequest,
+    Status,
+    StatusRequest,
     TestCase,
     Verdict,
     WeightAnnounce,
@@ -30,7 +32,7 @@ from proto import (
     WorkItem,
 )
 from proto.judge import REWARDED_STATUSES, VerdictStatus
-from proto.weights import DTYPE_BYTES
+from proto.weights import DTYPES
 
 ids = st.text(min_size=1, max_size=40)
 texts = st.text(max_size=200)
@@ -127,9 +129,9 @@ def verdicts(draw: st.DrawFn) -> Verdict:
 
 @st.composite
 def weight_chunks(draw: st.DrawFn) -> WeightChunk:
-    dtype = draw(st.sampled_from(sorted(DTYPE_BYTES)))
+    dtype = draw(st.sampled_from(sorted(DTYPES)))
     shape = draw(st.lists(st.integers(0, 8), max_size=3))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_BYTES[dtype]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
     offset = draw(st.integers(0, nbytes))
     data = draw(st.binary(max_size=nbytes - offset))
     return WeightChunk(
@@ -157,6 +159,7 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
         kind=st.sampled_from(["math", "code"]),
         stage=st.integers(0, 10),
         policy_version=versions,
+        temperature=st.floats(0, 2),
         generator_id=ids,
         attempt=st.integers(0, 100),
         prompt_token_ids=tokens,
@@ -211,6 +214,15 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
         ref_id=st.none() | ids,
     ),
     Shutdown: st.builds(Shutdown, reason=texts, deadline_s=st.floats(0, 1e4)),
+    StatusRequest: st.just(StatusRequest()),
+    Status: st.builds(
+        Status,
+        generators=st.lists(ids, max_size=5),
+        step=st.integers(0, 10**6),
+        version=st.none() | versions,
+        stage=st.integers(0, 10),
+        done=st.booleans(),
+    ),
 }
 
 any_message = st.one_of(*MESSAGES.values())

@@ -15,6 +15,7 @@ from proto import (
     JudgeRequest,
     Message,
     ProtocolError,
+    RolloutGroup,
     SamplingParams,
     Verdict,
     WeightChunk,
@@ -122,6 +123,39 @@ def test_bad_fields_are_named(mutate, field: str, words: str) -> None:
     with pytest.raises(ProtocolError) as err:
         decode(_frame("work_item", body))
     assert err.value.field == field
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [(lambda b: b.pop("temperature"), "required"), (lambda b: b.update(temperature=-0.5), "greater")],
+)
+def test_a_rollout_group_names_its_sampling_temperature(mutate, words: str) -> None:
+    group = RolloutGroup(
+        work_id="0/0/p",
+        kind="math",
+        stage=0,
+        policy_version=1,
+        temperature=0.6,
+        generator_id="g",
+        prompt_token_ids=[1],
+        completions=[
+            Completion(
+                token_ids=[2],
+                logprobs=[-0.1],
+                finish_reason="stop",
+                truncated=False,
+                reward=1.0,
+                judge_status="correct",
+            )
+        ],
+    )
+    assert decode(encode(group)).temperature == 0.6
+    body = group.model_dump()
+    mutate(body)
+    with pytest.raises(ProtocolError) as err:
+        decode(_frame("rollout_group", body))
+    assert err.value.field == "rollout_group.temperature"
     assert words in str(err.value)
 
 

@@ -1,6 +1,6 @@
 """JudgeClient: many requests in flight to a judge daemon, verdicts back as they complete.
 
-    from judge.client import JudgeClient
+    from proto.judge_client import JudgeClient
     with JudgeClient("tcp://127.0.0.1:5555") as client:
         client.submit(requests)                    # JudgeRequest, or an iterable of them
         for verdict in client.verdicts(timeout_s=600):
