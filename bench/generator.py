@@ -10,7 +10,7 @@
    together. Timed: announcement -> the first rollout group of version v+1 at the dispatcher.
    Against it: one raw zmq send of the same bytes over tcp loopback, right before each update,
    with the generator up (best against best). For the tiny model and for a ~100M-parameter Qwen2
-   built locally (learner.tiny_model, larger hidden size and depth). The first update of a
+   built locally (learner.tiny.model, larger hidden size and depth). The first update of a
    generator also faults in the pages of its weight file: it is printed, the best one is compared.
 
 Run: `python -m bench.generator` (about 5 minutes on 2 cores). Last line:
@@ -42,8 +42,8 @@ import zmq
 
 from generator.config import EngineConfig
 from launch.process_group import stop_process_group
-from learner.publisher import WeightPublisher
-from learner.tiny_model import write_tiny_model
+from learner.tiny.model import write_tiny_model
+from learner.training.publisher import WeightPublisher
 from proto.control import Ack, Hello
 from proto.message import Message
 from proto.rollout import RolloutGroup, WorkAborted

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from learner.config import LearnerConfig
-from learner.engine import PolicyEngine, deepspeed_config, ensure_distributed, load_model
-from learner.grpo import select_groups
-from learner.tiny_model import write_tiny_model
-from learner.trainer import Learner
+from learner.tiny.model import write_tiny_model
+from learner.training.engine import PolicyEngine, deepspeed_config, ensure_distributed, load_model
+from learner.training.grpo import select_groups
+from learner.training.trainer import Learner
 from proto.logs import configure_logging
 from proto.rollout import Completion, RolloutGroup
 

@@ -296,7 +296,7 @@ class Supervisor:
 
     def how_to_continue(self) -> str:
         """Which checkpoint a resume would start from, and the command."""
-        from learner.checkpoint import find_latest
+        from learner.training.checkpoint import find_latest
 
         latest = find_latest(self.recipe.learner.checkpoint.dir or self.run_dir / "checkpoints")
         where = "from the start (no checkpoint yet)"

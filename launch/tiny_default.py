@@ -15,7 +15,7 @@ from rich.console import Console
 from proto.config import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILDERS = [ROOT / "learner" / f"{name}.py" for name in ("tiny_model", "tiny_tasks", "warm_start")]
+BUILDERS = [ROOT / "learner" / "tiny" / f"{name}.py" for name in ("model", "tasks", "warm_start")]
 
 
 class TinyPrepare(Config):
@@ -58,9 +58,9 @@ def build(tiny: TinyPrepare, console: Console) -> float:
     base, tasks, warm = cache / "model", cache / "tasks", cache / "warm_start"
     if (warm / "config.json").exists():
         return 0.0
-    from learner.tiny_model import write_tiny_model
-    from learner.tiny_tasks import write_tasks
-    from learner.warm_start import warm_start
+    from learner.tiny.model import write_tiny_model
+    from learner.tiny.tasks import write_tasks
+    from learner.tiny.warm_start import warm_start
 
     console.print(f"[bold]tiny default[/]: building model, tasks and warm start in {cache}")
     started = time.perf_counter()

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "train":
             p.add_argument(
-                "--rollouts", type=Path, required=True, help="file written by learner.rollout_file"
+                "--rollouts", type=Path, required=True, help="file written by learner.training.rollout_file"
             )
             p.add_argument("--groups-per-step", type=int, required=True)
         else:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         base = {"run_dir": "runs/demo", "optim": {"lr": 2e-3}, "checkpoint": {"every_steps": 10}}
     cfg = load(LearnerConfig, args.config, args.overrides, base=base)
     if args.command == "demo" and cfg.model.path is None:
-        from learner.tiny_model import write_tiny_model
+        from learner.tiny.model import write_tiny_model
 
         cfg = replace(cfg, model=replace(cfg.model, path=cfg.run_dir / "tiny_model"))
         if not (cfg.model.path / "config.json").exists():
@@ -68,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(dump(cfg))
 
-    from learner.batch_sources import BanditSource, FileSource
-    from learner.loop import run_loop
     from learner.metrics import MetricsWriter
-    from learner.publisher import WeightPublisher
-    from learner.trainer import Learner
+    from learner.orchestration.batch_sources import BanditSource, FileSource
+    from learner.orchestration.loop import run_loop
+    from learner.training.publisher import WeightPublisher
+    from learner.training.trainer import Learner
 
     learner = Learner(cfg)
     resumed = learner.resume() if args.resume else None
@@ -111,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run"]:  # the full run: dispatcher, version gate, stage schedule (learner/run.py)
-        from learner.run import main as run_main
+    if argv[:1] == [
+        "run"
+    ]:  # the full run: dispatcher, version gate, stage schedule (learner/orchestration/run.py)
+        from learner.orchestration.run import main as run_main
 
         return run_main(argv[1:])
     args = _parser().parse_args(argv)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from learner.schedule import Schedule
+from learner.orchestration.schedule import Schedule
 from proto.config import Config
 
 

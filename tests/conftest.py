@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.tiny_model import write_tiny_model
+from learner.tiny.model import write_tiny_model
 
 
 @pytest.fixture(scope="session")

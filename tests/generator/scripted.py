@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from learner.publisher import weight_chunks
+from learner.training.publisher import weight_chunks
 from proto.control import Ack, Heartbeat, Hello
 from proto.judge import JudgeRequest, Verdict
 from proto.message import Message

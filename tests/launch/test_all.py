@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from learner.batch_log import read_batches
+from learner.orchestration.batch_log import read_batches
 from proto.judge import UNJUDGED_STATUSES
 from tests.launch.supervised import (
     SupervisorRun,

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from learner import checkpoint
-from learner.batch_log import read_batches
-from learner.prompts import load_prompts
-from learner.run import RunConfig
-from learner.work_ledger import WorkLedger, work_id
+from learner.orchestration.batch_log import read_batches
+from learner.orchestration.prompts import load_prompts
+from learner.orchestration.run import RunConfig
+from learner.orchestration.work_ledger import WorkLedger, work_id
+from learner.training import checkpoint
 from tests.launch.supervised import (
     SupervisorRun,
     metrics,

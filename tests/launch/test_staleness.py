@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from learner.batch_log import read_batches
+from learner.orchestration.batch_log import read_batches
 from tests.launch.supervised import SupervisorRun, metrics, scaled_tiny, warnings, write_recipe
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from learner.batching import build_samples, collate, micro_batches, plan_micro_batches
-from learner.grpo import advantages, select_groups
+from learner.training.batching import build_samples, collate, micro_batches, plan_micro_batches
+from learner.training.grpo import advantages, select_groups
 from tests.learner.rollouts import completion, group, mixed_batch
 
 

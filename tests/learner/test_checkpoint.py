@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner import checkpoint
-from learner.bandit import TargetTokenBandit
 from learner.config import LearnerConfig
-from learner.grpo import select_groups
-from learner.trainer import Learner
+from learner.tiny.bandit import TargetTokenBandit
+from learner.training import checkpoint
+from learner.training.grpo import select_groups
+from learner.training.trainer import Learner
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import pytest
 import structlog
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner import checkpoint
 from learner.__main__ import main
-from learner.rollout_file import write_groups
+from learner.training import checkpoint
+from learner.training.rollout_file import write_groups
 from tests.learner.rollouts import mixed_batch
 
 ROOT = Path(__file__).resolve().parents[2]

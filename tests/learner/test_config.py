@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from learner.config import LearnerConfig, RunConfig
-from learner.engine import deepspeed_config
+from learner.training.engine import deepspeed_config
 from proto.config import ConfigError, dump, load, replace
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.grpo import (
+from learner.training.grpo import (
     Batch,
     advantages,
     clipped_policy_loss,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from learner import checkpoint
 from learner.__main__ import main
-from learner.rollout_file import write_groups
+from learner.training import checkpoint
+from learner.training.rollout_file import write_groups
 from tests.learner.rollouts import mixed_batch
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from learner.config import LearnerConfig
-from learner.grpo import select_groups
 from learner.on_policy import OnPolicyClock
-from learner.trainer import Learner
+from learner.training.grpo import select_groups
+from learner.training.trainer import Learner
 from tests.learner.rollouts import mixed_batch
 
 

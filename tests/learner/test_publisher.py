@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from generator.weight_set import WeightSetWriter
-from learner.publisher import WeightPublisher, weight_chunks
+from learner.training.publisher import WeightPublisher, weight_chunks
 from proto.curve import CurveClientKeys, CurveServerKeys, generate_keys
 from proto.rollout import WorkAborted
 from proto.sockets import Client, RemoteError

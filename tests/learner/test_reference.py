@@ -18,8 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from learner.config import LearnerConfig
-from learner.grpo import Batch, select_groups
-from learner.trainer import Learner
+from learner.training.grpo import Batch, select_groups
+from learner.training.trainer import Learner
 from proto.config import replace
 from proto.rollout import RolloutGroup
 from tests.learner.rollouts import mixed_batch

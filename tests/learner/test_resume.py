@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learner import checkpoint
 from learner.config import LearnerConfig
-from learner.trainer import Learner
+from learner.training import checkpoint
+from learner.training.trainer import Learner
 
 pytestmark = pytest.mark.slow
 
@@ -99,10 +99,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_model_dir: Path, tmp_
 
 CRASHING_SAVE = """
 import os, signal, sys
-from learner.bandit import TargetTokenBandit
+from learner.tiny.bandit import TargetTokenBandit
 from learner.config import LearnerConfig
-from learner.grpo import select_groups
-from learner.trainer import Learner
+from learner.training.grpo import select_groups
+from learner.training.trainer import Learner
 
 cfg = LearnerConfig.model_validate({"run_dir": sys.argv[1], "model": {"path": sys.argv[2]}})
 learner = Learner(cfg)

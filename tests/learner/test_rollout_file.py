@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learner.rollout_file import read_groups, write_groups
+from learner.training.rollout_file import read_groups, write_groups
 from tests.learner.rollouts import completion, group, mixed_batch
 
 

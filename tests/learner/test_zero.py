@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.bandit import TargetTokenBandit
 from learner.config import LearnerConfig
-from learner.grpo import select_groups
-from learner.trainer import Learner
+from learner.tiny.bandit import TargetTokenBandit
+from learner.training.grpo import select_groups
+from learner.training.trainer import Learner
 from tests.learner.rollouts import mixed_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]

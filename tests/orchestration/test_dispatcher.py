@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from learner.dispatcher import Dispatcher
-from learner.schedule import Schedule
-from learner.work_ledger import WorkLedger
+from learner.orchestration.dispatcher import Dispatcher
+from learner.orchestration.schedule import Schedule
+from learner.orchestration.work_ledger import WorkLedger
 from proto import (
     Ack,
     Client,

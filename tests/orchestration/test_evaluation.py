@@ -7,9 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from learner.config import RunConfig
-from learner.evaluation import EvalRound
 from learner.on_policy import OnPolicyClock
-from learner.run import _evaluate
+from learner.orchestration.evaluation import EvalRound
+from learner.orchestration.run import _evaluate
 from proto.work import SamplingParams, WorkItem
 from tests.orchestration.test_work_ledger import Clock, answer, code_prompts, math_prompts
 

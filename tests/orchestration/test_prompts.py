@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from learner.prompts import CodePrompt, MathPrompt, PromptOrder, PromptSetError, load_prompts
+from learner.orchestration.prompts import CodePrompt, MathPrompt, PromptOrder, PromptSetError, load_prompts
 
 MATH = [
     {"id": "a", "prompt": "1+1?", "answer": "2"},

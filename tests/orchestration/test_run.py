@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from learner.batch_log import read_batches
 from learner.config import RunConfig
-from learner.run import train
-from learner.work_ledger import split_work_id
+from learner.orchestration.batch_log import read_batches
+from learner.orchestration.run import train
+from learner.orchestration.work_ledger import split_work_id
 from proto.ready import read_ready
 from tests.orchestration.scripted_generator import ScriptedGenerator
 

@@ -8,8 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from learner.prompts import load_prompts
-from learner.tiny_tasks import code_items, math_items, write_tasks
+from learner.orchestration.prompts import load_prompts
+from learner.tiny.tasks import code_items, math_items, write_tasks
 
 
 def test_splits_are_disjoint_and_load_as_prompt_sets(tmp_path: Path) -> None:

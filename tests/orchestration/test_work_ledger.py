@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from learner.prompts import CodePrompt, MathPrompt, Prompt
-from learner.schedule import Schedule, Stage
-from learner.work_ledger import WorkLedger, split_work_id
+from learner.orchestration.prompts import CodePrompt, MathPrompt, Prompt
+from learner.orchestration.schedule import Schedule, Stage
+from learner.orchestration.work_ledger import WorkLedger, split_work_id
 from proto.judge import TestCase as Case
 from proto.rollout import Completion, RolloutGroup
 from proto.work import WorkItem

@@ -8,9 +8,9 @@
         write the step's record          # the source adds what it counted; it may evaluate now
         checkpoint every N steps, with the source's state inside
 
-The sources: the dispatcher and its stage schedule (`learner run`, learner/run.py), a file of
+The sources: the dispatcher and its stage schedule (`learner run`, learner/orchestration/run.py), a file of
 rollout groups (`learner train`) and the in-process bandit (`learner demo`)
-(learner/batch_sources.py).
+(learner/orchestration/batch_sources.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import structlog
 
-from learner.grpo import Batch
 from learner.metrics import MetricsWriter, TrainRecord
-from learner.publisher import WeightPublisher
-from learner.trainer import Learner
+from learner.training.grpo import Batch
+from learner.training.publisher import WeightPublisher
+from learner.training.trainer import Learner
 from proto.weights import WeightAnnounce
 
 log = structlog.get_logger("learner.loop")

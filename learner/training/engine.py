@@ -20,8 +20,8 @@ from deepspeed.accelerator import get_accelerator
 from torch import Tensor
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from learner.batching import MicroBatch
 from learner.config import LearnerConfig
+from learner.training.batching import MicroBatch
 
 log = structlog.get_logger("learner.engine")
 

@@ -1,6 +1,6 @@
-"""Batch sources without generators, for `learner train` and `learner demo` (learner/loop.py runs
-them): groups read from a rollout file, or sampled in-process from the policy on the bandit task.
-Their groups are screened here as they come (`grpo.select_groups`), dropping zero-variance ones
+"""Batch sources without generators, for `learner train` and `learner demo` (loop.py runs them):
+groups read from a rollout file, or sampled in-process from the policy on the bandit task. Their
+groups are screened here as they come (`grpo.select_groups`), dropping zero-variance ones
 per `grpo.drop_zero_variance`; the step's other settings are the config's.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from learner.bandit import TargetTokenBandit
-from learner.grpo import select_groups
-from learner.loop import BatchSource, Taken
-from learner.rollout_file import read_groups
-from learner.trainer import Learner
+from learner.orchestration.loop import BatchSource, Taken
+from learner.tiny.bandit import TargetTokenBandit
+from learner.training.grpo import select_groups
+from learner.training.rollout_file import read_groups
+from learner.training.trainer import Learner
 from proto.config import ConfigError
 from proto.rollout import RolloutGroup
 

@@ -3,7 +3,7 @@
 Trains the policy on worked solutions (`"solution"` of the tiny tasks) in the chat format the
 generators use, with the loss on response tokens only, for a fixed small number of steps: RL
 should start from a model that solves some problems, not most.
-`python -m learner.warm_start --model DIR --data A.jsonl [B.jsonl ...] --out DIR --steps N`
+`python -m learner.tiny.warm_start --model DIR --data A.jsonl [B.jsonl ...] --out DIR --steps N`
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both come with worked solutions in the response format the recipe rewards (reasoning inside
 `<think>`, then a `\\boxed{}` answer or a ```python block), used by the warm start; train and
 held-out splits are disjoint by construction (distinct prompts, split by a seeded hash).
-`python -m learner.tiny_tasks --out DIR` writes math_{train,heldout}.jsonl and
+`python -m learner.tiny.tasks --out DIR` writes math_{train,heldout}.jsonl and
 code_{train,heldout}.jsonl.
 """
 

@@ -13,7 +13,7 @@ from proto.config import Config
 class Stage(Config):
     name: str = Field(min_length=1)
     kind: Literal["math", "code"]
-    prompts: Path  # a prompt set file (see learner/prompts.py)
+    prompts: Path  # a prompt set file (see learner/orchestration/prompts.py)
     steps: int = Field(ge=1)
     max_response_tokens: int = Field(ge=1)
     batch_prompts: int = Field(ge=1)

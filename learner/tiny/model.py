@@ -2,7 +2,7 @@
 
 No model hub is reachable, so tests and the default run build this model themselves and then
 load it with `from_pretrained` from a directory, exactly as a real checkpoint would be loaded.
-`python -m learner.tiny_model --out DIR` writes it.
+`python -m learner.tiny.model --out DIR` writes it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from learner.tiny_tasks import code_items, math_items
+from learner.tiny.tasks import code_items, math_items
 
 # The model's vocabulary is padded to this size whatever the tokenizer's training yields (as real
 # checkpoints pad theirs), so token-id ranges stay fixed when the tasks' text changes.

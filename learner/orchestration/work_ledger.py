@@ -1,7 +1,7 @@
 """The dispatcher's bookkeeping: which prompt is out where, and which results may be trained.
 
-No sockets and no threads here: `learner/dispatcher.py` drives it. The rules it keeps:
-- leases, attempts and re-issues as every book of work keeps them (learner/lease_book.py);
+No sockets and no threads here: `learner/orchestration/dispatcher.py` drives it. The rules it keeps:
+- leases, attempts and re-issues as every book of work keeps them (learner/orchestration/lease_book.py);
 - the version gate of the run's `OnPolicyClock` (learner/on_policy.py): a group is accepted only
   if the next step may train it, and work is issued only with the newest published weights and
   only while those are admissible for a step still to be trained;
@@ -24,11 +24,11 @@ from typing import Any
 
 import structlog
 
-from learner.grpo import Batch, screen
-from learner.lease_book import LeaseBook
 from learner.on_policy import OnPolicyClock
-from learner.prompts import Prompt, PromptOrder
-from learner.schedule import Schedule, Stage
+from learner.orchestration.lease_book import LeaseBook
+from learner.orchestration.prompts import Prompt, PromptOrder
+from learner.orchestration.schedule import Schedule, Stage
+from learner.training.grpo import Batch, screen
 from proto.judge import REWARDED_STATUSES
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem

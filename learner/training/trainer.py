@@ -22,12 +22,19 @@ import structlog
 import torch
 from torch import Tensor
 
-from learner import checkpoint
-from learner.batching import MicroBatch, SequenceSample, build_samples, micro_batches
 from learner.config import LearnerConfig
-from learner.engine import PolicyEngine, all_reduce_sum, world_size
-from learner.grpo import Batch, advantages, is_correct, is_zero_variance, logprob_mismatch, token_loss
 from learner.on_policy import OnPolicyClock
+from learner.training import checkpoint
+from learner.training.batching import MicroBatch, SequenceSample, build_samples, micro_batches
+from learner.training.engine import PolicyEngine, all_reduce_sum, world_size
+from learner.training.grpo import (
+    Batch,
+    advantages,
+    is_correct,
+    is_zero_variance,
+    logprob_mismatch,
+    token_loss,
+)
 
 log = structlog.get_logger("learner.trainer")
 

@@ -1,6 +1,6 @@
 """The training run: the stage schedule, driven through the dispatcher and its version gate.
 
-The dispatcher is a batch source for the one training loop (learner/loop.py):
+The dispatcher is a batch source for the one training loop (learner/orchestration/loop.py):
     batch  <- dispatcher.take_batch()    # only groups sampled with versions v-k .. v
     learner.train_step(batch)            # one GRPO update: weights v -> v+1, at the stage's settings
     publish v+1                          # generators fetch it; work for v+1 is issued
@@ -16,19 +16,19 @@ from typing import Any
 
 import structlog
 
-from learner.batch_log import BatchLog
 from learner.config import EvalSet, RunConfig
-from learner.dispatcher import Dispatcher
-from learner.evaluation import EvalRound
-from learner.grpo import Batch
-from learner.loop import BatchSource, Taken, run_loop
 from learner.metrics import EvalRecord, MetricsWriter
 from learner.on_policy import OnPolicyClock
-from learner.prompts import Prompt, load_prompts
-from learner.publisher import WeightPublisher
-from learner.schedule import Stage
-from learner.trainer import Learner
-from learner.work_ledger import WorkLedger, split_work_id
+from learner.orchestration.batch_log import BatchLog
+from learner.orchestration.dispatcher import Dispatcher
+from learner.orchestration.evaluation import EvalRound
+from learner.orchestration.loop import BatchSource, Taken, run_loop
+from learner.orchestration.prompts import Prompt, load_prompts
+from learner.orchestration.schedule import Stage
+from learner.orchestration.work_ledger import WorkLedger, split_work_id
+from learner.training.grpo import Batch
+from learner.training.publisher import WeightPublisher
+from learner.training.trainer import Learner
 from proto.curve import CurveServerKeys
 from proto.ready import announce_ready
 from proto.weights import WeightAnnounce

@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from learner.grpo import is_unjudged
-from learner.lease_book import LeaseBook
 from learner.on_policy import OnPolicyClock
-from learner.prompts import Prompt
+from learner.orchestration.lease_book import LeaseBook
+from learner.orchestration.prompts import Prompt
+from learner.training.grpo import is_unjudged
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import structlog
 
-from learner.evaluation import PREFIX as EVAL_PREFIX
-from learner.evaluation import EvalRound
-from learner.grpo import Batch
-from learner.work_ledger import WorkLedger
+from learner.orchestration.evaluation import PREFIX as EVAL_PREFIX
+from learner.orchestration.evaluation import EvalRound
+from learner.orchestration.work_ledger import WorkLedger
+from learner.training.grpo import Batch
 from proto.control import Ack, Heartbeat, Hello, Shutdown, Status, StatusRequest
 from proto.curve import CurveServerKeys
 from proto.message import Message
