@@ -12,6 +12,7 @@
    with the generator up (best against best). For the tiny model and for a ~100M-parameter Qwen2
    built locally (learner.tiny.model, larger hidden size and depth). The first update of a
    generator also faults in the pages of its weight file: it is printed, the best one is compared.
+One module, over 400 lines: a benchmark is read as one script, start to end.
 
 Run: `python -m bench.generator` (about 5 minutes on 2 cores). Last line:
     generator: throughput_ratio=... weight_update_s=... weight_update_ratio=...

@@ -9,6 +9,9 @@ A new version can be loaded in steps while it still arrives (`load_arrived`, the
 `load_weights`). From the first step until the last the model is part old, part new: the engine
 refuses to take or run requests meanwhile, and after an abandoned reload (`abandon_load`) until
 a complete version has been loaded.
+Over 400 lines: the step loop, aborts and reloads share the engine's one state (which requests
+run, which version is loaded, whether a reload is half done); split, each half would reach into
+the other's.
 """
 
 from __future__ import annotations

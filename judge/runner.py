@@ -12,6 +12,8 @@ little-endian length followed by that many bytes:
     runner -> judge: compile result (JSON), then per test a header (JSON) and the stdout bytes.
 The runner reports what happened; the judge alone compares outputs with the expected ones, which
 never enter the jail.
+One file, over 400 lines, on purpose: the jail mounts it and runs it alone, so it cannot import a
+second module of its own.
 
 Inside the jail the runner is PID 1 of the jail's PID namespace: signals sent by the programs it
 runs cannot kill it, and `kill(-1, SIGKILL)` ends every other process in the jail. Without a jail

@@ -15,21 +15,18 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.live import Live
 
 from generator.config import GeneratorConfig
 from launch import tiny_default
-from launch.process_group import stop_process_group
+from launch.component import Component
 from launch.recipe import Recipe, load_recipe
 from proto.config import ConfigError, dump, load, parse_command_line, replace
 from proto.control import Heartbeat, Status, StatusRequest
@@ -47,43 +44,6 @@ def local_address(bound: str) -> str:
     scheme, _, rest = bound.partition("://")
     host, _, port = rest.rpartition(":")
     return f"{scheme}://127.0.0.1:{port}" if host in ("0.0.0.0", "*", "[::]") else bound
-
-
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    log: Path
-    config: BaseModel | None = None  # what `argv` reads from its --config file
-    ready_file: Path | None = None
-    address: str = ""
-    restartable: bool = True
-    process: subprocess.Popen | None = None
-    restarts: int = 0
-    history: list[str] = field(default_factory=list)
-
-    def start(self, env: dict[str, str]) -> None:
-        if self.ready_file is not None:
-            self.ready_file.unlink(missing_ok=True)  # a restart announces itself anew
-        with self.log.open("ab") as out:
-            # A session of its own: stopping the component stops everything it started.
-            self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-            )
-
-    @property
-    def exit_code(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def stop(self, grace_s: float) -> None:
-        if self.process is not None:
-            stop_process_group(self.process, grace_s)
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def answers(address: str, message: Any) -> Any:

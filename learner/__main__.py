@@ -19,20 +19,31 @@ from typing import Any
 import structlog
 
 from learner.config import LearnerConfig
-from proto.config import ConfigError, dump, load, replace
+from proto.config import ConfigError, dump, fields_help, load, parse_command_line, replace
 from proto.logs import LEVELS, configure_logging
 
 log = structlog.get_logger("learner")
+FIELDS = fields_help(LearnerConfig)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m learner", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m learner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    # `run` is taken apart before this parser (learner/orchestration/run.py); listed for --help
+    sub.add_parser("run", help="the full run: dispatcher, version gate, stage schedule (run --help)")
     for name, text in (
         ("train", "train on rollout groups read from a file"),
         ("demo", "train on the built-in bandit task, sampling from the policy itself"),
     ):
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=f"Settings: --config FILE, then dotted key=value overrides of:\n{FIELDS}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", type=Path, help="YAML file of LearnerConfig fields")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         p.add_argument("--steps", type=int, help="stop after this many learner steps in total")
@@ -111,13 +122,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [
-        "run"
-    ]:  # the full run: dispatcher, version gate, stage schedule (learner/orchestration/run.py)
+    if argv[:1] == ["run"]:  # the full run: dispatcher, version gate, stage schedule
         from learner.orchestration.run import main as run_main
 
         return run_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = parse_command_line(_parser(), argv)
     configure_logging("learner", args.log_level)
     try:
         return run(args)

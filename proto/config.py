@@ -238,7 +238,7 @@ def fields_help(schema: type[BaseModel], prefix: str = "") -> str:
     for name, info in schema.model_fields.items():
         dotted = f"{prefix}{name}"
         model = _model_in(info.annotation)
-        if model is not None and not info.is_required():
+        if model is not None:
             lines.append(fields_help(model, f"{dotted}."))
             continue
         if info.is_required():

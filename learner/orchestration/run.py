@@ -259,10 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from proto.config import ConfigError, dump, load
+    from proto.config import ConfigError, dump, fields_help, load, parse_command_line
     from proto.logs import LEVELS, configure_logging
 
-    parser = argparse.ArgumentParser(prog="python -m learner run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m learner run",
+        description=__doc__.split("\n")[0],
+        epilog=f"Settings: --config FILE, then dotted key=value overrides of:\n{fields_help(RunConfig)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, required=True, help="YAML file of RunConfig fields")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="info", choices=LEVELS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     configure_logging("learner", args.log_level)
     try:
         cfg = load(RunConfig, args.config, args.overrides)

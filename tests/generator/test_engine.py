@@ -3,6 +3,7 @@
 Two engines start in this module (about 20 s each): one on version 0 that is then updated in place
 to version 1 through the real chunked transfer, whole and in steps, and a fresh one started on the
 version-1 files. The last test drives the generator's loop around the first engine.
+The tests share those engines (module fixtures): one file, so that they start once.
 """
 
 from __future__ import annotations

@@ -25,14 +25,7 @@ from learner.orchestration.prompts import load_prompts
 from learner.orchestration.run import RunConfig
 from learner.orchestration.work_ledger import WorkLedger, work_id
 from learner.training import checkpoint
-from tests.launch.supervised import (
-    SupervisorRun,
-    metrics,
-    scaled_tiny,
-    session_leftovers,
-    wait_for,
-    write_recipe,
-)
+from tests.launch import supervised
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +33,7 @@ STEPS, BATCH, EVERY = 6, 4, 2  # checkpoints at steps 2 and 4: mid-stage
 
 
 def resume_recipe(path: Path, max_staleness: int) -> Path:
-    recipe = scaled_tiny(generators=1)
+    recipe = supervised.scaled_tiny(generators=1)
     learner = recipe["learner"]
     learner["eval"]["sets"] = []
     learner["checkpoint"] = {"every_steps": EVERY, "keep_last": 3}
@@ -48,7 +41,7 @@ def resume_recipe(path: Path, max_staleness: int) -> Path:
     schedule["dynamic_sampling"] = False
     schedule["max_staleness"] = max_staleness
     schedule["stages"] = [dict(schedule["stages"][0], steps=STEPS, batch_prompts=BATCH)]
-    return write_recipe(path, recipe)
+    return supervised.write_recipe(path, recipe)
 
 
 def epoch_order(run_dir: Path) -> list[str]:
@@ -60,7 +53,7 @@ def epoch_order(run_dir: Path) -> list[str]:
 
 
 def complete_run(recipe: Path, run_dir: Path) -> list[dict[str, Any]]:
-    with SupervisorRun.start(recipe, run_dir) as run:
+    with supervised.SupervisorRun.start(recipe, run_dir) as run:
         code = run.wait(timeout_s=600)
     assert code == 0, run.output[-3000:]
     return read_batches(run_dir)
@@ -71,12 +64,12 @@ def kill_the_learner_past_a_checkpoint(
 ) -> tuple[list[dict[str, Any]], int, list[str]]:
     """Start a run and SIGKILL its learner once step EVERY (the first after a checkpoint) is
     trained; (the steps it logged, the step of its newest checkpoint, the work in flight then)."""
-    with SupervisorRun.start(recipe, run_dir) as run:
-        assert wait_for(run, lambda: run.steps() > EVERY, timeout_s=600), run.output[-3000:]
+    with supervised.SupervisorRun.start(recipe, run_dir) as run:
+        assert supervised.wait_for(run, lambda: run.steps() > EVERY, timeout_s=600), run.output[-3000:]
         killed = run.kill("learner")
         code = run.wait(timeout_s=120)
     assert code != 0, "the supervisor should stop the run when its learner dies"
-    assert session_leftovers({c["pid"] for c in run.components().values()} | {killed}) == []
+    assert supervised.session_leftovers({c["pid"] for c in run.components().values()} | {killed}) == []
     latest = checkpoint.find_latest(run_dir / "checkpoints")
     assert latest is not None
     state = json.loads((latest / "state.json").read_text())
@@ -87,12 +80,13 @@ def kill_the_learner_past_a_checkpoint(
 
 
 def resume(run_dir: Path) -> list[dict[str, Any]]:
-    with SupervisorRun.resume(run_dir) as run:
+    with supervised.SupervisorRun.resume(run_dir) as run:
         code = run.wait(timeout_s=600)
     assert code == 0, run.output[-3000:]
     batches = read_batches(run_dir)
     # every step once: what the killed learner logged past its checkpoint was replaced
-    assert [b["step"] for b in batches] == [r["step"] for r in metrics(run_dir)] == list(range(STEPS))
+    steps = [r["step"] for r in supervised.metrics(run_dir)]
+    assert [b["step"] for b in batches] == steps == list(range(STEPS))
     trained = [w for b in batches for w in b["work_ids"]]
     assert len(trained) == len(set(trained)), "a prompt was trained twice"
     return batches

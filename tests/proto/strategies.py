@@ -98,12 +98,20 @@ def work_items(draw: st.DrawFn) -> WorkItem:
         sampling=draw(sampling_params),
         lease_s=draw(st.floats(0.1, 1e6)),
         attempt=draw(st.integers(0, 100)),
-        answer=draw(texts) if kind == "math" else None,
-        tests=draw(st.lists(test_cases, min_size=1, max_size=4)) if kind == "code" else None,
-        fn_name=draw(st.none() | ids) if kind == "code" else None,
-        time_limit_s=draw(st.none() | st.floats(0.01, 100)),
-        memory_limit_mb=draw(st.none() | st.integers(1, 1 << 16)),
+        **draw(judge_fields(kind)),
     )
+
+
+@st.composite
+def judge_fields(draw: st.DrawFn, kind: str) -> dict:
+    """What the judge needs of a math or code item, as work items and judge requests carry it."""
+    return {
+        "answer": draw(texts) if kind == "math" else None,
+        "tests": draw(st.lists(test_cases, min_size=1, max_size=4)) if kind == "code" else None,
+        "fn_name": draw(st.none() | ids) if kind == "code" else None,
+        "time_limit_s": draw(st.none() | st.floats(0.01, 100)),
+        "memory_limit_mb": draw(st.none() | st.integers(1, 1 << 16)),
+    }
 
 
 @st.composite
@@ -113,11 +121,7 @@ def judge_requests(draw: st.DrawFn) -> JudgeRequest:
         id=draw(ids),
         kind=kind,
         response=draw(texts),
-        answer=draw(texts) if kind == "math" else None,
-        tests=draw(st.lists(test_cases, min_size=1, max_size=4)) if kind == "code" else None,
-        fn_name=draw(st.none() | ids) if kind == "code" else None,
-        time_limit_s=draw(st.none() | st.floats(0.01, 100)),
-        memory_limit_mb=draw(st.none() | st.integers(1, 1 << 16)),
+        **draw(judge_fields(kind)),
     )
 
 
