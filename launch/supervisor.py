@@ -126,7 +126,8 @@ class Supervisor:
         for component in (self.judge, self.learner):
             assert component.config is not None
             (self.run_dir / f"{component.name}.yaml").write_text(dump(component.config))
-        (self.run_dir / "recipe.yaml").write_text(dump(self.recipe))
+        # only what the recipe set: a resumed run binds free ports again where it named none
+        (self.run_dir / "recipe.yaml").write_text(dump(self.recipe, only_set=True))
 
     def describe(self) -> str:
         """Every resolved config and the command each component starts with (`--dry-run`)."""

@@ -263,5 +263,7 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) 
     return args
 
 
-def dump(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def dump(config: BaseModel, only_set: bool = False) -> str:
+    """YAML of every field, or with `only_set` of those a file or an override set: loaded again,
+    it tells a value that was asked for from a default (`model_fields_set`)."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=only_set), sort_keys=False)

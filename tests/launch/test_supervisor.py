@@ -83,3 +83,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_resumed_run_binds_free_ports_again_where_the_recipe_named_none(tmp_path: Path) -> None:
+    from launch.recipe import Recipe
+    from proto.config import load
+
+    first = Supervisor(load_recipe(ROOT / "launch/recipes/tiny.yaml"), tmp_path, resume=False, max_steps=None)
+    first.write_configs()
+    again = Supervisor(load(Recipe, tmp_path / "recipe.yaml"), tmp_path, resume=True, max_steps=None)
+    assert again.judge.config.bind == "tcp://127.0.0.1:*"
+    assert again.learner.config.dispatch.address == "tcp://127.0.0.1:*"
+    assert again.recipe.learner == first.recipe.learner
