@@ -36,7 +36,7 @@ class Config(BaseModel):
 
 
 C = TypeVar("C", bound=BaseModel)
-Where = dict[tuple[str, ...], int]  # dotted key path -> line in the file it came from
+Where = dict[tuple[str, ...], int | str]  # dotted key path -> its line in the file, or the override
 
 
 def read_yaml(path: Path | str) -> tuple[dict[str, Any], Where]:
@@ -189,7 +189,9 @@ def describe(exc: ValidationError, source: str = "", where: Where | None = None)
         place = source
         if where:
             line = next((where[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in where), None)
-            if line is not None:
+            if isinstance(line, str):
+                place = line
+            elif line is not None:
                 place = f"{source}, line {line}"
         lines.append((f"{place}: " if place else "") + f"{field}: {error['msg']}{got}"[:500])
     return "\n".join(lines)
@@ -213,7 +215,7 @@ def load(
     for text in overrides:
         keys, value = parse_override(text, schema)
         _set(data, keys, value, text)
-        where.pop(tuple(keys), None)  # the value no longer comes from the file
+        where[tuple(keys)] = f"override {text}"  # the value no longer comes from the file
     if callable(names):
         names = names(data)
     if names:
