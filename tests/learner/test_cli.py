@@ -85,6 +85,6 @@ def test_a_run_without_a_model_path_is_refused(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert "error: model.path: required" in err
     assert (
-        f"error: {recipe}, line 3: schedule.stages.0.steps: Input should be greater than or equal to 1" in err
+        "error: override schedule.stages.0.steps=0: schedule.stages.0.steps: Input should be greater" in err
     )
     assert not (tmp_path / "run").exists()

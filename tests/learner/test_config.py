@@ -61,7 +61,7 @@ def test_a_run_needs_a_schedule_and_names_its_fields(tmp_path: Path) -> None:
     path.write_text(f"schedule:\n  stages:\n    - {stage}, learning_rate: 1.0e-6}}\n")
     cfg = load(RunConfig, path, ["schedule.stages.0.steps=3", "dispatch.address=tcp://127.0.0.1:*"])
     assert cfg.schedule.stages[0].steps == 3 and cfg.dispatch.address == "tcp://127.0.0.1:*"
-    with pytest.raises(ConfigError, match=r"run\.yaml, line 3: schedule\.stages\.0\.learning_rate"):
+    with pytest.raises(ConfigError, match=r"^override schedule\.stages\.0\.learning_rate=0: "):
         load(RunConfig, path, ["schedule.stages.0.learning_rate=0"])
 
 

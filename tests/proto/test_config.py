@@ -87,7 +87,9 @@ def test_a_bad_value_names_field_file_and_line(tmp_path: Path) -> None:
     assert str(info.value).startswith(
         f"{path}, line 5: schedule.stages.0.steps: Input should be greater than 0"
     )
-    with pytest.raises(ConfigError, match=r"^workers: Input should be a valid integer"):
+    with pytest.raises(
+        ConfigError, match=r"^override workers=many: workers: Input should be a valid integer"
+    ):
         load(Sample, None, ["workers=many"])
 
 
