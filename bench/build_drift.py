@@ -68,10 +68,10 @@ def slug(name: str) -> str:
 def build(out: Path, name: str, steps: int) -> None:
     """One build as `launch/tiny_default.build` makes it, recording every step's loss and the
     weights after the steps in SNAPSHOTS."""
-    import learner.warm_start as warm
+    import learner.tiny.warm_start as warm
     from launch.recipe import load_recipe
-    from learner.tiny_model import write_tiny_model
-    from learner.tiny_tasks import write_tasks
+    from learner.tiny.model import write_tiny_model
+    from learner.tiny.tasks import write_tasks
 
     variant, here = VARIANTS[name], out / slug(name)
     tiny = load_recipe(ROOT / "launch/recipes/tiny.yaml").tiny
@@ -133,7 +133,7 @@ def held_out_math(model_dir: Path, tasks: Path, limit: int = 200, max_tokens: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.reference_grpo import render, reward, sample
-    from learner.prompts import load_prompts
+    from learner.orchestration.prompts import load_prompts
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -155,7 +155,7 @@ def compare(out: Path, names: list[str], steps: int, evaluate: bool) -> Table:
     kept = sorted(first_snapshots)
     table = Table(title=f"tiny default builds of {steps} warm-start steps, against the first")
     table.add_column("build")
-    for column in ("same tokenizer, tasks", "loss apart from step", "final loss", "|d final loss|"):
+    for column in ("same tokenizer, tasks", "loss apart from step", "loss, last 100 steps"):
         table.add_column(column, justify="right")
     for step in kept:
         table.add_column(f"max |dw| after {step}", justify="right")
@@ -175,8 +175,7 @@ def compare(out: Path, names: list[str], steps: int, evaluate: bool) -> Table:
             name,
             "yes" if same else "no",
             str(apart[0]) if apart else "never",
-            f"{losses[-1]:.4f}",
-            f"{abs(losses[-1] - first_losses[-1]):.1e}",
+            f"{sum(losses[-100:]) / len(losses[-100:]):.4f}",
             *([f"{d:.1e}" for d in drift] if same else ["-"] * len(drift)),
             held_out_math(here / "warm_start", here / "tasks") if evaluate else "-",
         )

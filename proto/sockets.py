@@ -133,6 +133,10 @@ class Server:
         self._socket = self._context.socket(zmq.ROUTER)
         _configure(self._socket, limits)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer fails loudly
+        # A peer that comes back under the identity it had (a restarted client that names itself)
+        # takes it over; without this, ZeroMQ ignores the new connection until it has noticed
+        # that the old one is gone, and the newcomer's first requests go unanswered.
+        self._socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self._authenticator = secure_server(self._socket, curve) if curve else None
         try:
             self._socket.bind(address)
