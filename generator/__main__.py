@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from generator.config import GeneratorConfig
-from proto.config import ConfigError, fields_help, load, parse_command_line
-from proto.logs import LEVELS, configure_logging
+from proto.config import ConfigError, add_settings_arguments, fields_help, load, parse_command_line
+from proto.logs import configure_logging
 
 
 def build_parser(prog: str = "python -m generator") -> argparse.ArgumentParser:
@@ -21,9 +20,7 @@ def build_parser(prog: str = "python -m generator") -> argparse.ArgumentParser:
         f"The fields:\n{fields_help(GeneratorConfig)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="YAML file of GeneratorConfig fields")
-    parser.add_argument("--log-level", default="info", choices=LEVELS)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+    add_settings_arguments(parser, GeneratorConfig)
     return parser
 
 

@@ -10,9 +10,9 @@ import structlog
 
 from judge.config import JudgeConfig
 from judge.sandbox import SandboxUnavailable
-from proto.config import ConfigError, fields_help, load, parse_command_line
+from proto.config import ConfigError, add_settings_arguments, fields_help, load, parse_command_line
 from proto.curve import CurveClientKeys
-from proto.logs import LEVELS, configure_logging
+from proto.logs import configure_logging
 from proto.sockets import InsecureBindError
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -28,9 +28,7 @@ FIELDS_HELP = f"""Settings: defaults, then --config FILE, then dotted key=value 
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML file of JudgeConfig fields")
-    parser.add_argument("--log-level", default="info", choices=LEVELS)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+    add_settings_arguments(parser, JudgeConfig)
 
 
 def build_parser(prog: str = "python -m judge") -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -21,10 +21,8 @@ class Component:
     config: BaseModel | None = None  # what `argv` reads from its --config file
     ready_file: Path | None = None
     address: str = ""
-    restartable: bool = True
     process: subprocess.Popen | None = None
     restarts: int = 0
-    history: list[str] = field(default_factory=list)
 
     def start(self, env: dict[str, str]) -> None:
         if self.ready_file is not None:

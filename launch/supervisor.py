@@ -95,7 +95,6 @@ class Supervisor:
             self.logs / "learner.log",
             learner_cfg,
             ready / "learner.json",
-            restartable=False,
         )
         self.generators = [
             Component(

@@ -19,8 +19,16 @@ from typing import Any
 import structlog
 
 from learner.config import LearnerConfig
-from proto.config import ConfigError, dump, fields_help, load, parse_command_line, replace
-from proto.logs import LEVELS, configure_logging
+from proto.config import (
+    ConfigError,
+    add_settings_arguments,
+    dump,
+    fields_help,
+    load,
+    parse_command_line,
+    replace,
+)
+from proto.logs import configure_logging
 
 log = structlog.get_logger("learner")
 FIELDS = fields_help(LearnerConfig)
@@ -44,13 +52,9 @@ def _parser() -> argparse.ArgumentParser:
             epilog=f"Settings: --config FILE, then dotted key=value overrides of:\n{FIELDS}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--config", type=Path, help="YAML file of LearnerConfig fields")
+        add_settings_arguments(p, LearnerConfig)
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         p.add_argument("--steps", type=int, help="stop after this many learner steps in total")
-        p.add_argument("--log-level", default="info", choices=LEVELS)
-        p.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-6"
-        )
         if name == "train":
             p.add_argument(
                 "--rollouts", type=Path, required=True, help="file written by learner.training.rollout_file"

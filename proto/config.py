@@ -46,11 +46,14 @@ def read_yaml(path: Path | str) -> tuple[dict[str, Any], Where]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()  # parsed once: the nodes give the lines, then the data
+        data = None if root is None else loader.construct_document(root)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -252,6 +255,20 @@ def fields_help(schema: type[BaseModel], prefix: str = "") -> str:
         described = f"  {info.description}" if info.description else ""
         lines.append(f"  {dotted} = {default}{described}")
     return "\n".join(line for line in lines if line)
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, schema: type[BaseModel], *, config_required: bool = False
+) -> None:
+    """The arguments every command reads its settings with: --config FILE, --log-level and the
+    dotted key=value overrides (taken apart by `parse_command_line`)."""
+    from proto.logs import LEVELS
+
+    parser.add_argument(
+        "--config", type=Path, required=config_required, help=f"YAML file of {schema.__name__} fields"
+    )
+    parser.add_argument("--log-level", default="info", choices=LEVELS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -259,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from proto.config import ConfigError, dump, fields_help, load, parse_command_line
-    from proto.logs import LEVELS, configure_logging
+    from proto.config import ConfigError, add_settings_arguments, dump, fields_help, load, parse_command_line
+    from proto.logs import configure_logging
 
     parser = argparse.ArgumentParser(
         prog="python -m learner run",
@@ -268,14 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"Settings: --config FILE, then dotted key=value overrides of:\n{fields_help(RunConfig)}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, required=True, help="YAML file of RunConfig fields")
+    add_settings_arguments(parser, RunConfig, config_required=True)
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps in total")
     parser.add_argument(
         "--ready-file", type=Path, help="once bound, write the dispatcher's and weights' addresses here"
     )
-    parser.add_argument("--log-level", default="info", choices=LEVELS)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     args = parse_command_line(parser, argv)
     configure_logging("learner", args.log_level)
     try:
