@@ -302,6 +302,7 @@ class Pipeline:
             held.version = self.engine.version
             held.started = now
             held.timings["queue"] = now - held.received
+            held.timings["started_at"] = time.time()  # wall clock: the learner lays steps out with it
             self.by_request[held.request_id] = item.id
         for reason, work_ids in rejected.items():
             self._send_aborted(work_ids, reason)
@@ -324,6 +325,7 @@ class Pipeline:
         held.samples = finished.samples
         held.prompt_token_ids = finished.prompt_token_ids
         held.timings["generate"] = now - held.started
+        held.timings["sampled_at"] = time.time()
         held.state = "judging"
         held.judge_started = now
         requests = []
@@ -373,6 +375,7 @@ class Pipeline:
         now = time.monotonic()
         held.timings["judge"] = now - held.judge_started
         held.timings["total"] = now - held.received
+        held.timings["judged_at"] = time.time()
         group = rollout_group(
             held.item,
             generator_id=self.id,

@@ -106,6 +106,7 @@ class Supervisor:
             for index in range(r.generators)
         ]
         self.components = [self.judge, self.learner, *self.generators]
+        self.joining: dict[str, float] = {}  # generators started but not yet connected: their deadlines
 
     def generator_config(self, component: Component) -> GeneratorConfig:
         """A generator's config, once the judge and the learner have announced their addresses."""
@@ -162,19 +163,21 @@ class Supervisor:
         tmp.write_text(json.dumps(table, indent=1))
         tmp.replace(self.run_dir / "components.json")
 
-    def wait_ready(self, component: Component, check: Callable[[], bool]) -> None:
+    def wait_ready(
+        self, component: Component, check: Callable[[], bool], others: list[Component] | None = None
+    ) -> None:
+        """Wait until `check()`; any of `component` and `others` exiting first is a failed start."""
         deadline = time.monotonic() + self.recipe.ready_timeout_s
         while time.monotonic() < deadline and not self.stopping:
-            # One that came up and died since (a generator, while the others still start) did not
-            # fail to start: the watch loop restarts it like any other. Its exit is read before
-            # the check: one that dies between the two is checked again, not failed.
-            exited = component.exit_code is not None
+            # Exits are read before the check: one that comes up and dies between the two is the
+            # watch loop's to restart, not a failed start.
+            exited = [c for c in (component, *(others or [])) if c.exit_code is not None]
             if check():
                 return
             if exited:
+                dead = exited[0]
                 raise RuntimeError(
-                    f"{component.name} exited with code {component.exit_code} while starting:\n"
-                    f"{component.log_tail()}"
+                    f"{dead.name} exited with code {dead.exit_code} while starting:\n{dead.log_tail()}"
                 )
             time.sleep(0.5)
         if not self.stopping:
@@ -199,6 +202,7 @@ class Supervisor:
         path = self.run_dir / f"{component.name}.yaml"
         path.write_text(dump(self.generator_config(component)))
         component.start(self.env)
+        self.joining[component.name] = time.monotonic() + self.recipe.ready_timeout_s
 
     def start_all(self) -> None:
         self.judge.start(self.env)
@@ -215,9 +219,33 @@ class Supervisor:
         for generator in self.generators:
             self.start_generator(generator)
         self.write_components()
-        for generator in self.generators:
-            self.wait_ready(generator, lambda g=generator: g.address in self.connected_generators())
+        # The first generator to connect proves the settings; a failure before it is a failed start.
+        # The others join while the run goes on, so one that dies then is restarted, not fatal.
+        first = self.generators[0]
+        self.wait_ready(first, lambda: self.joined() > 0, others=self.generators[1:])
+
+    def joined(self) -> int:
+        """How many of the generators still joining connected since the last call; says so for each."""
+        if not self.joining:
+            return 0
+        connected = self.connected_generators()
+        ready = [g for g in self.generators if g.name in self.joining and g.address in connected]
+        for generator in ready:
+            del self.joining[generator.name]
             console.print(f"{generator.name} ready")
+        return len(ready)
+
+    def watch_joining(self) -> None:
+        """Generators that have not connected yet: ready, restarted, or out of time."""
+        self.joined()
+        now = time.monotonic()
+        for generator in self.generators:
+            deadline = self.joining.get(generator.name)
+            if deadline is not None and now > deadline and generator.exit_code is None:
+                raise TimeoutError(
+                    f"{generator.name} did not report ready within {self.recipe.ready_timeout_s:.0f} s "
+                    f"(log: {generator.log}):\n{generator.log_tail()}"
+                )
 
     def watch(self) -> int:
         metrics = self.run_dir / "metrics.jsonl"
@@ -229,6 +257,7 @@ class Supervisor:
                 for component in (self.judge, *self.generators):
                     if component.exit_code is not None:
                         self.restart(component)
+                self.watch_joining()
                 live.update(progress_line(metrics))
                 time.sleep(0.5)
         return 130

@@ -123,13 +123,19 @@ class EvalSet(Section):
 
 
 class EvalConfig(Section):
-    """Held-out evaluation before RL, at the end of every stage, and at the end."""
+    """Held-out evaluation before RL and after every stage.
+
+    Before RL and after the last stage of each task (where a task's gain is read) every set is
+    scored in full: avg@k, and greedy if `greedy`. After a stage that another of its task follows,
+    `between_stages` says what is scored: "full", "greedy" only (a quarter of avg@4's samples),
+    or "none"."""
 
     sets: list[EvalSet] = []
     k: int = Field(default=4, ge=1)  # avg@k: samples per prompt at `temperature`
     temperature: float = Field(default=0.6, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     greedy: bool = True  # also one greedy completion per prompt
+    between_stages: Literal["full", "greedy", "none"] = "greedy"
     max_tokens: int | None = Field(default=None, ge=1)  # default: the longest of the schedule's stages
     timeout_s: float = Field(default=1800.0, gt=0)
 

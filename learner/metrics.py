@@ -94,6 +94,11 @@ class TrainRecord(Record):
     tokens_per_s: float | None = None
     step_s: float | None = None
     wait_s: float | None = None
+    # wait_s cut into consecutive parts (learner/orchestration/step_timeline.py)
+    reload_s: float | None = None
+    generate_s: float | None = None
+    judge_s: float | None = None
+    return_s: float | None = None
     publish_s: float | None = None
     time: float | None = None  # Unix seconds once the step's weights were out
 

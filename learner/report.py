@@ -89,6 +89,7 @@ def plot(run_dir: Path, train: list[TrainRecord], evals: list[EvalRecord]) -> li
         figure.savefig(run_dir / filename, dpi=100)
         plt.close(figure)
         written.append(run_dir / filename)
+    written.append(plot_step_time(run_dir, train, mark_stages))
     figure, axis = plt.subplots(figsize=(7, 3.5))
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for record in evals:
@@ -103,6 +104,44 @@ def plot(run_dir: Path, train: list[TrainRecord], evals: list[EvalRecord]) -> li
     plt.close(figure)
     written.append(run_dir / "heldout_accuracy.png")
     return written
+
+
+# a step's wall time, in the order it is spent (wait_s is reload..return where those were measured)
+STEP_PARTS = [
+    ("reload_s", "weights out, work issued"),
+    ("generate_s", "generate"),
+    ("judge_s", "judge (after the last sample)"),
+    ("return_s", "return"),
+    ("step_s", "train"),
+    ("publish_s", "publish"),
+]
+
+
+def plot_step_time(run_dir: Path, train: list[TrainRecord], mark_stages: Any) -> Path:
+    """Stacked bars: where each step's seconds went."""
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    steps = [r.step for r in train]
+    bottom = [0.0] * len(train)
+    parts = (
+        STEP_PARTS
+        if any(r.reload_s is not None for r in train)
+        else [
+            ("wait_s", "wait for the batch"),
+            *STEP_PARTS[4:],
+        ]
+    )
+    for key, label in parts:
+        values = [getattr(r, key) or 0.0 for r in train]
+        axis.bar(steps, values, bottom=bottom, width=1.0, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    mark_stages(axis)
+    axis.set(title="where a step's time went (s)", xlabel="step")
+    axis.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    path = run_dir / "step_time.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def heldout_table(evals: list[EvalRecord]) -> list[str]:
@@ -163,8 +202,9 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
         lines += [
             "## Training",
             "",
-            "| stage | steps | accuracy (first → last) | response length | step s | wait s | tokens/s |",
-            "|---|---|---|---|---|---|---|",
+            "| stage | steps | accuracy (first → last) | response length | tokens/s | s per step: "
+            "train | wait | of it: reload | generate | judge | return |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, records in by_stage.items():
 
@@ -173,10 +213,12 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
                 return sum(values) / len(values) if values else 0.0
 
             first, last = (sampled_accuracy(records[i]) for i in (0, -1))
+            wait_parts = ("reload_s", "generate_s", "judge_s", "return_s")
+            parts = " | ".join(f"{mean(key):.2f}" for key in wait_parts)
             lines.append(
                 f"| {name} | {len(records)} | {first:.3f} → {last:.3f}"
-                f" | {mean('response_len_mean'):.0f} | {mean('step_s'):.2f} | {mean('wait_s'):.2f} | "
-                f"{mean('tokens_per_s'):.0f} |"
+                f" | {mean('response_len_mean'):.0f} | {mean('tokens_per_s'):.0f} | {mean('step_s'):.2f}"
+                f" | {mean('wait_s'):.2f} | {parts} |"
             )
     lines += ["", "## Where the time went", "", "| part | seconds |", "|---|---|"]
     for part, seconds in (timings or {}).items():
@@ -187,6 +229,9 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
         f"| publishing weights | {total(r.publish_s for r in train):.0f} |",
         f"| held-out evaluation ({len(evals)} evaluations) | {total(r.eval_s for r in evals):.0f} |",
     ]
+    for mode in sorted({r.label for r in evals}):
+        of_mode = [r for r in evals if r.label == mode]
+        lines.append(f"| of it: {mode} ({len(of_mode)}) | {total(r.eval_s for r in of_mode):.0f} |")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")

@@ -42,7 +42,8 @@ class RolloutGroup(Message):
     attempt: int = Field(default=0, ge=0)
     prompt_token_ids: Int32Array
     completions: list[Completion] = Field(min_length=1)
-    timings: dict[str, float] = {}  # seconds: queue, generate, judge
+    # seconds: queue, generate, judge, total; and Unix times started_at, sampled_at, judged_at
+    timings: dict[str, float] = {}
 
 
 class WorkAborted(Message):

@@ -25,6 +25,7 @@ from learner.orchestration.evaluation import EvalRound
 from learner.orchestration.loop import BatchSource, Taken, run_loop
 from learner.orchestration.prompts import Prompt, load_prompts
 from learner.orchestration.schedule import Stage
+from learner.orchestration.step_timeline import wait_parts
 from learner.orchestration.work_ledger import WorkLedger, split_work_id
 from learner.training.grpo import Batch
 from learner.training.publisher import WeightPublisher
@@ -117,11 +118,18 @@ def _evaluate(
     dispatcher: Dispatcher,
     metrics: MetricsWriter,
     stage: int = 0,
+    *,
+    full: bool = True,
 ) -> None:
-    """Score every held-out set with the current weights; one `eval` record per set and mode."""
+    """Score every held-out set with the current weights; one `eval` record per set and mode.
+    Not `full`: what `eval.between_stages` asks for."""
     e = cfg.eval
     stages = cfg.schedule.stages
-    modes = [(e.k, e.temperature)] + ([(1, 0.0)] if e.greedy else [])
+    greedy = [(1, 0.0)] if e.greedy else []
+    if full or e.between_stages == "full":
+        modes = [(e.k, e.temperature), *greedy]
+    else:
+        modes = greedy if e.between_stages == "greedy" else []
     for spec, prompts in eval_sets:
         longest = max((s.max_response_tokens for s in stages if s.kind == spec.task), default=None)
         max_tokens = e.max_tokens or longest or max(s.max_response_tokens for s in stages)
@@ -162,6 +170,11 @@ def _evaluate(
             log.info("evaluated", **record.model_dump(include={"step", "task", "mode", "accuracy", "n"}))
 
 
+def ends_its_task(stages: list[Stage], index: int) -> bool:
+    """Is stage `index` the last of a run of stages of one task (where that task's gain is read)?"""
+    return index + 1 == len(stages) or stages[index + 1].kind != stages[index].kind
+
+
 def _stage_like(stages: list[Stage], task: str, at: int) -> Stage | None:
     """The stage whose prompt template and stop strings an evaluation of `task` after stage `at`
     uses, as its training does: the last stage of that task up to `at`, else the first after."""
@@ -200,7 +213,7 @@ class ScheduleSource(BatchSource):
         stage_index = ledger.stage_index
         stage = self.cfg.schedule.stages[stage_index]
         self.counts_before = self.dispatcher.counts()
-        waited = time.perf_counter()
+        waited, waited_from = time.perf_counter(), time.time()
         batch = self.dispatcher.take_batch(self.cfg.dispatch.batch_timeout_s)
         wait_s = time.perf_counter() - waited
         step = self.learner.step
@@ -213,6 +226,7 @@ class ScheduleSource(BatchSource):
             "task": stage.kind,
             "epoch": split_work_id(batch.groups[0].work_id)[1],
             "wait_s": wait_s,
+            **wait_parts(batch.groups, waited_from, waited_from + wait_s),
         }
         return Taken(batch, lr=stage.learning_rate, mask_truncated=stage.mask_truncated, fields=fields)
 
@@ -242,12 +256,15 @@ class ScheduleSource(BatchSource):
     def between_steps(self) -> None:
         if self.stage_taken is None:
             if self.learner.step == 0:
-                self._evaluate(stage=0)
+                self._evaluate(stage=0, full=True)
         elif self.dispatcher.ledger.stage_index != self.stage_taken:
-            self._evaluate(stage=self.stage_taken)
+            after = self.stage_taken
+            self._evaluate(stage=after, full=ends_its_task(self.cfg.schedule.stages, after))
 
-    def _evaluate(self, stage: int) -> None:
-        _evaluate(self.cfg, self.eval_sets, self.learner, self.dispatcher, self.metrics, stage=stage)
+    def _evaluate(self, stage: int, *, full: bool) -> None:
+        _evaluate(
+            self.cfg, self.eval_sets, self.learner, self.dispatcher, self.metrics, stage=stage, full=full
+        )
 
     def state(self) -> dict[str, Any]:
         return {"dispatcher": self.dispatcher.state()}

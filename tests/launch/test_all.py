@@ -67,6 +67,7 @@ def test_a_tiny_run_survives_a_killed_generator(tmp_path: Path) -> None:
         "reward.png",
         "heldout_accuracy.png",
         "response_length.png",
+        "step_time.png",
         "entropy.png",
         "logs/learner.log",
         "logs/judge.log",

@@ -28,14 +28,51 @@ def exited(tmp_path: Path, name: str, code: str) -> Component:
 def test_a_generator_that_came_up_and_died_is_not_a_failed_start(tmp_path: Path) -> None:
     recipe = load_recipe(ROOT / "launch/recipes/tiny.yaml", ["ready_timeout_s=5"])
     watcher = Supervisor(recipe, tmp_path, resume=False, max_steps=None)
-    # connected, then killed while the supervisor still waited for another generator: the watch
-    # loop restarts it, the run goes on
+    # connected, then killed while the supervisor still waited: the watch loop restarts it
     came_up = exited(tmp_path, "generator1", "print('up'); raise SystemExit(-9)")
     watcher.wait_ready(came_up, lambda: "up" in came_up.log.read_text())
     # one that never came up did fail to start
     never = exited(tmp_path, "generator2", "raise SystemExit(3)")
     with pytest.raises(RuntimeError, match="generator2 exited with code 3 while starting"):
         watcher.wait_ready(never, lambda: False)
+
+
+def test_before_the_first_generator_connects_any_that_dies_is_a_failed_start(tmp_path: Path) -> None:
+    recipe = load_recipe(ROOT / "launch/recipes/tiny.yaml", ["ready_timeout_s=5"])
+    watcher = Supervisor(recipe, tmp_path, resume=False, max_steps=None)
+    slow = Component("generator0", [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "g0.log")
+    slow.start(dict(os.environ))
+    try:
+        dead = exited(tmp_path, "generator1", "raise SystemExit(3)")
+        with pytest.raises(RuntimeError, match="generator1 exited with code 3 while starting"):
+            watcher.wait_ready(slow, lambda: False, others=[dead])
+    finally:
+        slow.stop(grace_s=0)
+
+
+def test_generators_that_join_later_are_announced_or_time_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = load_recipe(ROOT / "launch/recipes/tiny.yaml", ["generators=3", "ready_timeout_s=5"])
+    watcher = Supervisor(recipe, tmp_path, resume=False, max_steps=None)
+    watcher.logs.mkdir()
+    for generator in watcher.generators:
+        generator.argv = [sys.executable, "-c", "import time; time.sleep(30)"]
+        generator.start(dict(os.environ))
+    connected = {"gen0"}
+    monkeypatch.setattr(watcher, "connected_generators", lambda: set(connected))
+    now = time.monotonic()
+    watcher.joining = {"generator0": now + 60, "generator1": now + 60, "generator2": now - 1}
+    try:
+        assert watcher.joined() == 1 and set(watcher.joining) == {"generator1", "generator2"}
+        connected.add("gen1")
+        # generator2 is alive and past its deadline: the run stops and names it
+        with pytest.raises(TimeoutError, match="generator2 did not report ready within 5 s"):
+            watcher.watch_joining()
+        assert set(watcher.joining) == {"generator2"}
+    finally:
+        for generator in watcher.generators:
+            generator.stop(grace_s=0)
 
 
 def test_components_bind_their_own_ports_unless_the_recipe_names_one(tmp_path: Path) -> None:

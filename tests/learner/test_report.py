@@ -44,6 +44,10 @@ def test_report_tables_gains_and_plots(tmp_path: Path) -> None:
                 "entropy": 1.0,
                 "step_s": 0.5,
                 "wait_s": 1.0,
+                "reload_s": 0.1,
+                "generate_s": 0.6,
+                "judge_s": 0.2,
+                "return_s": 0.1,
                 "publish_s": 0.1,
                 "tokens_per_s": 100.0,
             }
@@ -58,5 +62,8 @@ def test_report_tables_gains_and_plots(tmp_path: Path) -> None:
     assert "| math-b | 2 | 0.200 → 0.300 |" in report
     assert "| building the tiny default | 12 |" in report
     assert "| held-out evaluation (8 evaluations) | 12 |" in report
-    for name in ("reward", "response_length", "entropy", "heldout_accuracy"):
+    assert "| of it: avg@4 (8) | 12 |" in report
+    # per step: train, wait, and the wait's parts
+    assert "| 100 | 0.50 | 1.00 | 0.10 | 0.60 | 0.20 | 0.10 |" in report
+    for name in ("reward", "response_length", "entropy", "heldout_accuracy", "step_time"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from learner.config import RunConfig
 from learner.on_policy import OnPolicyClock
 from learner.orchestration.evaluation import EvalRound
-from learner.orchestration.run import _evaluate
+from learner.orchestration.run import _evaluate, ends_its_task
 from proto.work import SamplingParams, WorkItem
 from tests.orchestration.test_work_ledger import Clock, answer, code_prompts, math_prompts
 
@@ -108,3 +108,39 @@ def test_the_run_evaluates_each_task_in_the_template_of_its_stage(tmp_path: Path
         ("Code: print 0", ["```\n"]),
     ]
     assert [r.accuracy for r in metrics.records] == [0.5] * 4
+
+
+def test_between_stages_of_one_task_only_what_between_stages_asks_is_scored() -> None:
+    stage = {"max_response_tokens": 8, "batch_prompts": 2, "n": 2, "learning_rate": 1e-6, "steps": 1}
+    stages = [
+        {"name": "m", "kind": "math", "prompts": "m.jsonl", **stage},
+        {"name": "m2", "kind": "math", "prompts": "m.jsonl", **stage},
+        {"name": "c", "kind": "code", "prompts": "c.jsonl", **stage},
+    ]
+    schedule = RunConfig.model_validate({"schedule": {"stages": stages}}).schedule
+    assert [ends_its_task(schedule.stages, i) for i in range(3)] == [False, True, True]
+
+    class Dispatcher:
+        def evaluate(self, evaluation: EvalRound, timeout_s: float) -> EvalRound:
+            for item in evaluation.issue("g0", 10):
+                evaluation.accept(answer(item))
+            return evaluation
+
+    modes = {}
+    for between in ("full", "greedy", "none"):
+        cfg = RunConfig.model_validate(
+            {"eval": {"k": 2, "between_stages": between}, "schedule": {"stages": stages}}
+        )
+        learner = SimpleNamespace(step=0, on_policy=OnPolicyClock())
+        metrics = SimpleNamespace(records=[])
+        metrics.write = metrics.records.append
+        sets = [(SimpleNamespace(task="math"), math_prompts(1))]
+        for full in (True, False):
+            _evaluate(cfg, sets, learner, Dispatcher(), metrics, stage=0, full=full)  # type: ignore[arg-type]
+        modes[between] = [r.mode for r in metrics.records]
+    # the first two records are the full round's, whatever between_stages says
+    assert modes == {
+        "full": ["avg2", "greedy", "avg2", "greedy"],
+        "greedy": ["avg2", "greedy", "greedy"],
+        "none": ["avg2", "greedy"],
+    }
