@@ -8,7 +8,9 @@ held-out set, warm-started model) and, for each step of each math stage:
     sample   n completions of each with `model.generate`, rendered as the generators render them
     reward   1 if `judge.math_check.judge_math` says correct, called in this process
     A        (r - mean) / (std + eps) per group, std with Bessel's correction
-    drop     groups whose rewards are all equal (not resampled: the batch shrinks instead)
+    refill   with dynamic sampling, a group whose rewards are all equal is left out and the next
+             prompt sampled in its place, up to max_zero_variance_batches x batch_prompts of them
+             per step; past that they fill the batch and train nothing (as the work ledger does)
     loss     -sum A * logp over response tokens / their number, over the whole batch;
              completions cut at the length limit carry no gradient when the stage masks them
     update   one AdamW step, grad norm clipped
@@ -150,27 +152,57 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, recipe:
     )
 
 
-def training_rows(
-    prompts: list[MathPrompt],
-    rendered: list[list[int]],
-    groups: list[list[Completion]],
+def group_rows(
+    ids: list[int], group: list[Completion], rewards: list[float], recipe: Recipe, stage: Stage
+) -> list[Row] | None:
+    """What trains of one group; None for a group without spread (dynamic sampling leaves it out)."""
+    advantages = group_advantages(rewards, recipe.learner.grpo.adv_eps)
+    if advantages is None:
+        return None
+    return [
+        (ids, completion, advantage)
+        for completion, advantage in zip(group, advantages, strict=True)
+        if not (stage.mask_truncated and completion.truncated)
+    ]
+
+
+def sample_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    order: PromptOrder,
+    prompts: dict[str, MathPrompt],
     recipe: Recipe,
     stage: Stage,
 ) -> tuple[list[Row], list[float]]:
-    """What trains of one batch, and every reward."""
+    """One step's batch: batch_prompts groups, sampled in rounds while dynamic sampling leaves
+    flat groups out; returns what trains and every reward sampled."""
+    schedule = recipe.learner.schedule
+    may_leave_out = 0.0
+    if schedule.dynamic_sampling:
+        may_leave_out = schedule.max_zero_variance_batches * stage.batch_prompts
+    n, temperature = stage.sampling_at(order.epoch)
     rows: list[Row] = []
     rewards: list[float] = []
-    for prompt, ids, group in zip(prompts, rendered, groups, strict=True):
-        group_rewards = [reward(c, prompt.answer) for c in group]
-        rewards += group_rewards
-        advantages = group_advantages(group_rewards, recipe.learner.grpo.adv_eps)
-        if advantages is None:
-            if recipe.learner.schedule.dynamic_sampling:
+    filled = left_out = 0
+    while filled < stage.batch_prompts:
+        batch: list[MathPrompt] = []
+        while len(batch) < stage.batch_prompts - filled:
+            chosen = order.next()
+            if chosen is None:
+                order.new_epoch()
+            else:
+                batch.append(prompts[chosen])
+        rendered = [render(tokenizer, stage.prompt_template.format(prompt=p.prompt)) for p in batch]
+        groups = sample(model, tokenizer, rendered, n, stage.max_response_tokens, temperature, stage.top_p)
+        for prompt, ids, group in zip(batch, rendered, groups, strict=True):
+            group_rewards = [reward(c, prompt.answer) for c in group]
+            rewards += group_rewards
+            trained = group_rows(ids, group, group_rewards, recipe, stage)
+            if trained is None and left_out < may_leave_out:
+                left_out += 1
                 continue
-            advantages = [0.0] * len(group)
-        for completion, advantage in zip(group, advantages, strict=True):
-            if not (stage.mask_truncated and completion.truncated):
-                rows.append((ids, completion, advantage))
+            filled += 1
+            rows += trained or []
     return rows, rewards
 
 
@@ -201,19 +233,8 @@ def run_reference(
             group["lr"] = stage.learning_rate
         for _ in range(min(stage.steps, total - len(step_s))):
             started = time.perf_counter()
-            n, temperature = stage.sampling_at(order.epoch)
-            batch: list[MathPrompt] = []
-            while len(batch) < stage.batch_prompts:
-                chosen = order.next()
-                if chosen is None:
-                    order.new_epoch()
-                else:
-                    batch.append(prompts[chosen])
-            rendered = [render(tokenizer, stage.prompt_template.format(prompt=p.prompt)) for p in batch]
-            groups = sample(
-                model, tokenizer, rendered, n, stage.max_response_tokens, temperature, stage.top_p
-            )
-            rows, rewards = training_rows(batch, rendered, groups, recipe, stage)
+            temperature = stage.sampling_at(order.epoch)[1]
+            rows, rewards = sample_batch(model, tokenizer, order, prompts, recipe, stage)
             if rows:  # else every group was flat: nothing to learn from this batch
                 policy_loss(model, rows, temperature or 1.0, tokenizer.pad_token_id).backward()
                 if o.grad_clip > 0:
