@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from learner.orchestration.step_timeline import wait_parts
-from proto.rollout import Completion, RolloutGroup
+from proto.rollout import RolloutGroup
+from tests.learner.rollouts import completion
+from tests.learner.rollouts import group as rollout_group
 
 
 def group(**timings: float) -> RolloutGroup:
-    completion = Completion(
-        token_ids=np.array([1], np.int32),
-        logprobs=np.array([-0.5], np.float32),
-        finish_reason="stop",
-        truncated=False,
-        reward=1.0,
-        judge_status="correct",
-    )
-    return RolloutGroup(
-        work_id="0/0/p0",
-        kind="math",
-        stage=0,
-        policy_version=0,
-        temperature=1.0,
-        generator_id="g0",
-        prompt_token_ids=np.array([1, 2], np.int32),
-        completions=[completion],
-        timings=timings,
-    )
+    return rollout_group("0/0/p0", [1, 2], [completion([1], 1.0)]).model_copy(update={"timings": timings})
 
 
 def test_the_parts_run_from_the_first_start_to_the_last_verdict_and_add_up_to_the_wait() -> None:
