@@ -78,13 +78,14 @@ class Finished:
 
 
 KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 def llm_kwargs(model: Path, config: EngineConfig, weight_path: WeightPath, *, cuda: bool) -> dict[str, Any]:
     """The keyword arguments of `vllm.LLM`: what the config asks, then `config.args` as they are."""
     enforce_eager = config.enforce_eager
     if enforce_eager is None:
-        enforce_eager = not cuda  # graph capture buys nothing on CPU
+        enforce_eager = not cuda  # torch.compile's start-up outweighs its gain in short CPU runs
     dtype = config.dtype
     if dtype == "auto" and not cuda:
         dtype = "float32"  # vLLM picks bfloat16 on CPU, whose kernels die with SIGILL on these hosts
@@ -109,6 +110,8 @@ def llm_kwargs(model: Path, config: EngineConfig, weight_path: WeightPath, *, cu
 
 
 class Engine:
+    _in_process_live = False  # one per process: see `EngineConfig.in_process`
+
     def __init__(
         self, model: Path, config: EngineConfig, *, weight_path: WeightPath = "shm", version: int = 0
     ) -> None:
@@ -125,11 +128,26 @@ class Engine:
         hidden = None if cuda else os.environ.pop(KV_CACHE_ENV, None)
         if hidden is not None and hidden.strip() != f"{config.cpu_kv_cache_gb:g}":
             log.warning("kv_cache_env_ignored", env=hidden, cpu_kv_cache_gb=config.cpu_kv_cache_gb)
+        self.in_process = config.in_process if config.in_process is not None else not cuda
+        if self.in_process and Engine._in_process_live:
+            # vLLM's parallel groups are global to a process: a second engine would take them over
+            raise ValueError("an in-process engine already runs in this process: set engine.in_process=false")
+        # vLLM reads the choice from its environment only, and an in-process engine caches that
+        # environment when it starts: the cache is dropped so that this engine reads its own.
+        import vllm.envs
+
+        vllm.envs.disable_envs_cache()
+        multiprocessing = os.environ.get(MULTIPROCESSING_ENV)
+        os.environ[MULTIPROCESSING_ENV] = "0" if self.in_process else "1"
         try:
             self.llm = LLM(**kwargs)
         finally:
             if hidden is not None:
                 os.environ[KV_CACHE_ENV] = hidden
+            if multiprocessing is None:
+                os.environ.pop(MULTIPROCESSING_ENV)
+            else:
+                os.environ[MULTIPROCESSING_ENV] = multiprocessing
         for name, asked, used in overridden_args(self.llm.llm_engine.vllm_config, config.args):
             # the platform may replace a value (vLLM-cpu runs "uni" as "mp", for one)
             log.warning("engine_arg_overridden", arg=name, asked=asked, used=used)
@@ -142,6 +160,7 @@ class Engine:
         self._reload: _Reload | None = None
         self._loader = EngineLoader(self.llm, weight_path)
         self._ids = itertools.count()
+        Engine._in_process_live |= self.in_process
         log.info("engine_started", model=str(model), seconds=round(time.monotonic() - started, 1))
 
     # -- prompts --------------------------------------------------------------------------
@@ -402,6 +421,8 @@ class Engine:
         self._loader.close()
         with contextlib.suppress(Exception):
             self.llm.llm_engine.engine_core.shutdown()
+        if self.in_process:
+            Engine._in_process_live = False
 
 
 _CONFIG_SECTIONS = ("parallel_config", "scheduler_config", "model_config", "cache_config", "load_config")

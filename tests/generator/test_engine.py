@@ -69,6 +69,16 @@ def test_the_cpu_kv_cache_has_the_size_the_config_gives(engine: Engine) -> None:
     assert engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == 1 << 30
 
 
+def test_on_cpu_the_engine_runs_in_this_process_and_a_second_one_there_is_refused(
+    engine: Engine, tiny_model_dir: Path
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the engine core has a process of its own")
+    assert engine.in_process and type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
+    with pytest.raises(ValueError, match=r"engine\.in_process=false"):
+        Engine(tiny_model_dir, EngineConfig(max_model_len=512, args=ENGINE_ARGS))
+
+
 @pytest.fixture(scope="module")
 def hf_model(tiny_model_dir: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -241,7 +251,9 @@ def v1_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def v1_expected(v1_model_dir: Path) -> Expected:
     """What a fresh engine started on the version-1 files samples, and its parameter sums."""
-    fresh = Engine(v1_model_dir, EngineConfig(max_model_len=512, args=ENGINE_ARGS), version=1)
+    # its own processes: one process holds one in-process engine
+    config = EngineConfig(max_model_len=512, in_process=False, args=ENGINE_ARGS)
+    fresh = Engine(v1_model_dir, config, version=1)
     try:
         return _probe(fresh), parameter_checksum(fresh)
     finally:
@@ -288,6 +300,29 @@ def test_weight_update_matches_a_fresh_engine_on_the_new_weights(
 ) -> None:
     before = _probe(engine)
     assert all(labels == {"0"} for _, _, labels in before)
+    _load_v1(engine, v1_model_dir)
+    updated = _probe(engine)
+    assert all(labels == {"1"} for _, _, labels in updated)
+    assert [t for t, _, _ in updated] != [t for t, _, _ in before], "the update changed nothing"
+    _assert_matches(engine, v1_expected)
+
+
+def test_a_compiled_engine_samples_an_update_as_a_fresh_engine_does(
+    tiny_model_dir: Path, v1_model_dir: Path, v1_expected: Expected
+) -> None:
+    """torch.compile's graphs take the weights as inputs: a reload in place reaches them."""
+    config = EngineConfig(max_model_len=512, enforce_eager=False, in_process=False, args=ENGINE_ARGS)
+    compiled = Engine(tiny_model_dir, config)
+    try:
+        before = _probe(compiled)
+        _load_v1(compiled, v1_model_dir)
+        assert [t for t, _, _ in _probe(compiled)] != [t for t, _, _ in before], "the update changed nothing"
+        _assert_matches(compiled, v1_expected)
+    finally:
+        compiled.close()
+
+
+def _load_v1(engine: Engine, v1_model_dir: Path) -> None:
     publisher = ScriptedPublisher()
     try:
         announce = publisher.publish(1, tensor_chunks(1, model_tensors(v1_model_dir), chunk_bytes=64 * 1024))
@@ -299,10 +334,6 @@ def test_weight_update_matches_a_fresh_engine_on_the_new_weights(
     finally:
         weight_set.close()
     assert engine.version == 1
-    updated = _probe(engine)
-    assert all(labels == {"1"} for _, _, labels in updated)
-    assert [t for t, _, _ in updated] != [t for t, _, _ in before], "the update changed nothing"
-    _assert_matches(engine, v1_expected)
 
 
 def _one_request(engine: Engine) -> tuple[np.ndarray, object]:
@@ -380,9 +411,11 @@ def test_a_transfer_that_breaks_during_a_stepwise_load_hands_the_work_back(
             worker.turn()
             assert not engine.busy and all(h.state == "queued" for h in worker.pipeline.held.values())
         hold.release.set()
+        # the first turn without a reload is the one that abandoned it (a retry may begin later)
+        drive(worker, lambda: engine.loading is None)
+        assert not engine.whole and engine.version == target - 1
         reason = f"weights v{target}: internal"
         drive(worker, lambda: any(a.reason.startswith(reason) for a in dispatcher.log.aborted))
-        assert engine.loading is None and not engine.whole and engine.version == target - 1
         assert dispatcher.log.groups == []
 
         publisher.publish(target, chunks)  # the publisher serves the version whole now
