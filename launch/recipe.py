@@ -11,6 +11,7 @@ from pydantic import Field
 
 from generator.config import GeneratorSettings
 from judge.config import JudgeConfig
+from launch.placement import PlacementConfig
 from launch.tiny_default import TinyPrepare, names_of_recipe
 from learner.config import RunConfig
 from proto.config import Config, load
@@ -19,9 +20,11 @@ from proto.config import Config, load
 class Recipe(Config):
     prepare: Literal["none", "tiny"] = "none"  # tiny: build the tiny default and fill in ${TINY_*}
     tiny: TinyPrepare = TinyPrepare()
-    generators: int = Field(default=1, ge=1, description="generator processes on this node")
+    # 0: a learner-only node, whose generators run on other machines (`acerl generator`)
+    generators: int = Field(default=1, ge=0, description="generator processes on this node")
     max_restarts: int = Field(default=5, ge=0, description="per component")
     ready_timeout_s: float = Field(default=600.0, gt=0, description="for each component to come up")
+    placement: PlacementConfig = PlacementConfig()
     judge: JudgeConfig = JudgeConfig()
     generator: GeneratorSettings = GeneratorSettings()
     learner: RunConfig

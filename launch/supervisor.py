@@ -23,10 +23,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.table import Table
 
 from generator.config import GeneratorConfig
 from launch import tiny_default
 from launch.component import Component
+from launch.placement import Plan, plan_recipe, visible_gpus
 from launch.recipe import Recipe, load_recipe
 from proto.config import ConfigError, dump, load, parse_command_line, replace
 from proto.control import Heartbeat, Status, StatusRequest
@@ -55,8 +57,21 @@ def answers(address: str, message: Any) -> Any:
         return None
 
 
+def learner_launcher(ranks: int) -> list[str]:
+    """How the learner's processes start: itself for one rank, torchrun for more (one per GPU;
+    gloo on the CPU, NCCL on GPUs: learner/training/engine.py picks the backend)."""
+    if ranks == 1:
+        return [sys.executable, "-m", "learner"]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        f"--nproc-per-node={ranks}", "-m", "learner",
+    ]  # fmt: skip
+
+
 class Supervisor:
-    def __init__(self, recipe: Recipe, run_dir: Path, *, resume: bool, max_steps: int | None) -> None:
+    def __init__(
+        self, recipe: Recipe, run_dir: Path, *, resume: bool, max_steps: int | None, gpus: int | None = None
+    ) -> None:
         self.recipe = recipe
         self.run_dir = run_dir
         self.resume = resume
@@ -83,7 +98,7 @@ class Supervisor:
             ready / "judge.json",
         )
         self.judge.argv += ["--ready-file", str(self.judge.ready_file)]
-        learner_argv = [py, "-m", "learner", "run", "--config", str(run_dir / "learner.yaml")]
+        learner_argv = [*learner_launcher(r.learner.ranks), "run", "--config", str(run_dir / "learner.yaml")]
         learner_argv += ["--ready-file", str(ready / "learner.json")]
         if resume:
             learner_argv.append("--resume")
@@ -106,6 +121,12 @@ class Supervisor:
             for index in range(r.generators)
         ]
         self.components = [self.judge, self.learner, *self.generators]
+        # the plan decides where each goes; what it lists is exactly what starts
+        self.plan = plan_recipe(recipe, gpus)
+        for component, placed in zip(self.components, self.plan.components, strict=True):
+            assert component.name == placed.name, (component.name, placed.name)
+            component.env = placed.env
+            placed.command = component.argv
         self.joining: dict[str, float] = {}  # generators started but not yet connected: their deadlines
 
     def generator_config(self, component: Component) -> GeneratorConfig:
@@ -219,6 +240,9 @@ class Supervisor:
         for generator in self.generators:
             self.start_generator(generator)
         self.write_components()
+        if not self.generators:
+            console.print("no generators on this node: the learner waits for those of other machines")
+            return
         # The first generator to connect proves the settings; a failure before it is a failed start.
         # The others join while the run goes on, so one that dies then is restarted, not fatal.
         first = self.generators[0]
@@ -312,6 +336,21 @@ def progress_line(metrics: Path) -> str:
     )
 
 
+def plan_table(plan: Plan) -> Table:
+    where = f"{plan.gpus} GPUs of {plan.gpu_memory_gb:.0f} GB" if plan.gpus else "CPU only"
+    table = Table(
+        title=f"placement: {where}",
+        title_justify="left",
+        caption="\n".join(plan.memory_lines()),
+        caption_justify="left",
+    )
+    for column in ("component", "GPUs", "CUDA_VISIBLE_DEVICES", "ranks", "memory (est.)", "runs"):
+        table.add_column(column, overflow="fold")
+    for row in plan.rows():
+        table.add_row(*row)
+    return table
+
+
 def build_parser(prog: str = "acerl run") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -326,7 +365,15 @@ def build_parser(prog: str = "acerl run") -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, help="stop after this many learner steps in total")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
     parser.add_argument(
-        "--dry-run", action="store_true", help="print every resolved config and command; start nothing"
+        "--dry-run",
+        action="store_true",
+        help="write <run-dir>/plan.json, print the plan and every resolved config; start nothing",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs of the node to plan for (default: those visible); with --dry-run "
+        "any number, to plan for a node you are not on",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the recipe")
     return parser
@@ -345,14 +392,21 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(args.recipe, overrides)
             run_dir = args.run_dir or ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir = run_dir.resolve()
-        supervisor = Supervisor(recipe, run_dir, resume=args.resume is not None, max_steps=args.max_steps)
+        if args.gpus is not None and not args.dry_run and args.gpus > len(visible_gpus()):
+            raise ConfigError(f"--gpus {args.gpus}: this node has {len(visible_gpus())} visible GPUs")
+        supervisor = Supervisor(
+            recipe, run_dir, resume=args.resume is not None, max_steps=args.max_steps, gpus=args.gpus
+        )
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    supervisor.plan.write(run_dir / "plan.json")
+    console.print(plan_table(supervisor.plan))
     if args.dry_run:
         print(supervisor.describe())
+        console.print(f"plan: {run_dir / 'plan.json'} (nothing started)")
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
     if recipe.prepare == "tiny":
         timings["building the tiny default (0 when cached)"] = tiny_default.build(recipe.tiny, console)

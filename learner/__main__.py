@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from learner.config import LearnerConfig
+
+if TYPE_CHECKING:
+    from learner.training.checkpoint import CheckpointState
+    from learner.training.trainer import Learner
+from learner.training.ranks import component_name
 from proto.config import (
     ConfigError,
     add_settings_arguments,
@@ -83,14 +88,27 @@ def run(args: argparse.Namespace) -> int:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(dump(cfg))
 
-    from learner.metrics import MetricsWriter
-    from learner.orchestration.batch_sources import BanditSource, FileSource
-    from learner.orchestration.loop import run_loop
-    from learner.training.publisher import WeightPublisher
     from learner.training.trainer import Learner
 
     learner = Learner(cfg)
     resumed = learner.resume() if args.resume else None
+    if not learner.ranks.leads:
+        learner.follow()  # rank 0 alone takes the batches, writes the metrics and publishes
+        return 0
+    try:
+        return _lead(args, cfg, learner, resumed)
+    finally:
+        learner.release()
+
+
+def _lead(
+    args: argparse.Namespace, cfg: LearnerConfig, learner: Learner, resumed: CheckpointState | None
+) -> int:
+    from learner.metrics import MetricsWriter
+    from learner.orchestration.batch_sources import BanditSource, FileSource
+    from learner.orchestration.loop import run_loop
+    from learner.training.publisher import WeightPublisher
+
     if args.command == "demo":
         source = BanditSource(learner, prompts=args.prompts, n=args.n, completion_len=args.completion_len)
         default_steps = 20
@@ -131,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_main(argv[1:])
     args = parse_command_line(_parser(), argv)
-    configure_logging("learner", args.log_level)
+    configure_logging(component_name(), args.log_level)
     try:
         return run(args)
     except ConfigError as exc:

@@ -63,6 +63,9 @@ class GRPOConfig(Section):
 class BatchingConfig(Section):
     # Padded tokens (rows x longest row) per forward/backward; a longer sequence goes alone.
     micro_batch_tokens: int = Field(default=16384, ge=1)
+    # Log-probs and entropy go through the LM head this many tokens at a time: the fp32 logits of
+    # a whole micro-batch (65,536 x 152,064 x 4 bytes = 40 GB) are never held at once.
+    logits_chunk_tokens: int = Field(default=1024, ge=1)
 
 
 class CheckpointConfig(Section):
@@ -90,6 +93,9 @@ class MetricsConfig(Section):
 class LearnerConfig(Section):
     run_dir: Path = Path("runs/learner")
     seed: int = 0
+    # Processes of the learner (one per GPU); `acerl run` starts them under torchrun. The step's
+    # batch is split across them by tokens and the update equals the one of a single rank.
+    ranks: int = Field(default=1, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

@@ -86,6 +86,7 @@ class TrainRecord(Record):
     logprob_mismatch: float | None = None
     logprob_mismatch_max: float | None = None
     logprob_mismatch_kl: float | None = None
+    ranks: int = 1  # the learner's processes that shared the step
     micro_batches: int | None = None
     tokens: int | None = None
     loss_tokens: int | None = None

@@ -27,6 +27,7 @@ from learner.orchestration.prompts import Prompt, load_prompts
 from learner.orchestration.schedule import Stage
 from learner.orchestration.step_timeline import wait_parts
 from learner.orchestration.work_ledger import WorkLedger, split_work_id
+from learner.training.checkpoint import CheckpointState
 from learner.training.grpo import Batch
 from learner.training.publisher import WeightPublisher
 from learner.training.trainer import Learner
@@ -57,13 +58,31 @@ def train(
     """Run the schedule to its end (or `max_steps`); returns a summary. Once the dispatcher and the
     weight publisher are bound, their addresses are written to `ready_file`."""
     schedule = cfg.schedule
-    prompt_sets = [load_prompts(stage.prompts, stage.kind) for stage in schedule.stages]
     on_policy = OnPolicyClock(schedule.max_staleness)  # the ledger's gate and the learner's count
-    ledger = WorkLedger(schedule, prompt_sets, on_policy, overissue=cfg.dispatch.overissue)
     learner = Learner(cfg, on_policy=on_policy)
+    state = learner.resume() if resume else None  # every rank loads its part
+    if not learner.ranks.leads:
+        learner.follow()  # rank 0 alone runs the dispatcher, the publisher and the metrics
+        return {"steps": learner.step, "version": learner.version, "done": True, "rank": learner.ranks.rank}
+    try:
+        return _lead(cfg, learner, state, max_steps, ready_file)
+    finally:
+        learner.release()
+
+
+def _lead(
+    cfg: RunConfig,
+    learner: Learner,
+    state: CheckpointState | None,
+    max_steps: int | None,
+    ready_file: Path | None,
+) -> dict[str, Any]:
+    schedule = cfg.schedule
+    prompt_sets = [load_prompts(stage.prompts, stage.kind) for stage in schedule.stages]
+    ledger = WorkLedger(schedule, prompt_sets, learner.on_policy, overissue=cfg.dispatch.overissue)
     metrics = MetricsWriter(cfg.run_dir, jsonl=cfg.metrics.jsonl, tensorboard=cfg.metrics.tensorboard)
     batches = BatchLog(cfg.run_dir)
-    if resume and (state := learner.resume()) is not None:
+    if state is not None:
         ledger.restore(state.extra_state["dispatcher"])
         metrics.drop_from(state.step)
         batches.drop_from(state.step)
@@ -276,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from learner.training.ranks import component_name
     from proto.config import ConfigError, add_settings_arguments, dump, fields_help, load, parse_command_line
     from proto.logs import configure_logging
 
@@ -292,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ready-file", type=Path, help="once bound, write the dispatcher's and weights' addresses here"
     )
     args = parse_command_line(parser, argv)
-    configure_logging("learner", args.log_level)
+    configure_logging(component_name(), args.log_level)
     try:
         cfg = load(RunConfig, args.config, args.overrides)
         if cfg.model.path is None:

@@ -145,3 +145,37 @@ def collate(samples: Sequence[SequenceSample], pad_id: int = 0) -> MicroBatch:
 def micro_batches(samples: Sequence[SequenceSample], token_budget: int, pad_id: int = 0) -> list[MicroBatch]:
     plan = plan_micro_batches([s.length for s in samples], token_budget)
     return [collate([samples[i] for i in batch], pad_id) for batch in plan]
+
+
+def split_by_tokens(samples: Sequence[SequenceSample], ranks: int) -> list[list[SequenceSample]]:
+    """Each rank's share of a step's samples, balanced by tokens: longest first, each to the rank
+    with the fewest tokens so far (ties: the lowest rank). Deterministic, and order-keeping within
+    a share."""
+    load = [0] * ranks
+    owner = [0] * len(samples)
+    for i in sorted(range(len(samples)), key=lambda i: (-samples[i].length, i)):
+        rank = min(range(ranks), key=lambda r: (load[r], r))
+        owner[i] = rank
+        load[rank] += samples[i].length
+    return [[s for s, o in zip(samples, owner, strict=True) if o == rank] for rank in range(ranks)]
+
+
+def idle_micro_batch(like: MicroBatch | None, pad_id: int = 0) -> MicroBatch:
+    """A micro-batch that trains nothing (every mask zero): what a rank with fewer micro-batches
+    than another runs, so that every rank makes the same forward and backward calls (ZeRO-3
+    gathers parameters in them, collectively)."""
+    if like is None:
+        one = np.array([pad_id], dtype=np.int32)
+        like = collate([SequenceSample(one, one, np.zeros(1, np.float32), 0.0, False)], pad_id)
+    zero = torch.zeros_like(like.loss_mask)
+    return MicroBatch(
+        input_ids=like.input_ids,
+        attention_mask=like.attention_mask,
+        keep=like.keep,
+        targets=like.targets,
+        loss_mask=zero,
+        valid_mask=zero,
+        advantages=zero,
+        sampler_logp=zero,
+        num_tokens=0,
+    )

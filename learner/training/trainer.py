@@ -25,8 +25,15 @@ from torch import Tensor
 from learner.config import LearnerConfig
 from learner.on_policy import OnPolicyClock
 from learner.training import checkpoint
-from learner.training.batching import MicroBatch, SequenceSample, build_samples, micro_batches
-from learner.training.engine import PolicyEngine, all_reduce_sum, world_size
+from learner.training.batching import (
+    MicroBatch,
+    SequenceSample,
+    build_samples,
+    idle_micro_batch,
+    micro_batches,
+    split_by_tokens,
+)
+from learner.training.engine import PolicyEngine, all_reduce_sum, ensure_distributed, world_size
 from learner.training.grpo import (
     Batch,
     advantages,
@@ -35,6 +42,7 @@ from learner.training.grpo import (
     logprob_mismatch,
     token_loss,
 )
+from learner.training.ranks import SAVE, STEP, STOP, WEIGHTS, RankGroup
 
 log = structlog.get_logger("learner.trainer")
 
@@ -44,11 +52,11 @@ UNMEASURED = ("loss", "entropy", "logprob_mismatch", "logprob_mismatch_max", "gr
 
 @dataclass
 class PreparedBatch:
-    batch: Batch
-    samples: list[SequenceSample]
-    micro_batches: list[MicroBatch]
+    samples: list[SequenceSample]  # this rank's share
+    micro_batches: list[MicroBatch]  # as many on every rank (idle ones pad a short share)
     loss_tokens: int  # global: tokens that carry gradient, the loss's denominator
     valid_tokens: int  # global: every response token of the trained groups
+    tokens: int  # global: every token of the step's sequences, prompts included
 
 
 def _all_reduce_max(value: Tensor) -> Tensor:
@@ -72,6 +80,13 @@ class Learner:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        ensure_distributed()
+        self.ranks = RankGroup()
+        if self.ranks.size != cfg.ranks:
+            raise ValueError(
+                f"learner.ranks: {cfg.ranks}, but this learner runs as {self.ranks.size} process(es): "
+                f"start it with `torchrun --nproc-per-node {cfg.ranks}` (acerl run does)"
+            )
         self.engine = engine or PolicyEngine(cfg)
 
     @property
@@ -86,26 +101,38 @@ class Learner:
 
     # ---- the step -------------------------------------------------------------------------
 
-    def prepare(self, batch: Batch, *, mask_truncated: bool | None = None) -> PreparedBatch:
-        """Advantages and micro-batches; `mask_truncated` None: as configured (`grpo.mask_truncated`)."""
+    def samples(self, batch: Batch, *, mask_truncated: bool | None = None) -> list[SequenceSample]:
+        """The batch's sequences with their advantages (computed over whole groups, so on rank 0);
+        `mask_truncated` None: as configured (`grpo.mask_truncated`)."""
         mask = self.cfg.grpo.mask_truncated if mask_truncated is None else mask_truncated
-        samples = build_samples(
+        return build_samples(
             batch.trained,
             advantages(batch.trained, self.cfg.grpo.adv_eps),
             mask_truncated=mask,
             vocab_size=self.engine.module.config.vocab_size,
         )
-        mbs = (
-            micro_batches(samples, self.cfg.batching.micro_batch_tokens, self.engine.pad_id)
-            if samples
-            else []
-        )
+
+    def prepare(self, batch: Batch, *, mask_truncated: bool | None = None) -> PreparedBatch:
+        """The whole batch on a single rank: its samples and micro-batches."""
+        return self.prepare_share(self.samples(batch, mask_truncated=mask_truncated))
+
+    def prepare_share(self, share: list[SequenceSample]) -> PreparedBatch:
+        """This rank's micro-batches and the step's global token counts (every rank calls it)."""
+        mbs = micro_batches(share, self.cfg.batching.micro_batch_tokens, self.engine.pad_id) if share else []
         local = torch.tensor(
-            [sum(float(mb.loss_mask.sum()) for mb in mbs), sum(float(mb.valid_mask.sum()) for mb in mbs)],
+            [
+                sum(float(mb.loss_mask.sum()) for mb in mbs),
+                sum(float(mb.valid_mask.sum()) for mb in mbs),
+                sum(s.length for s in share),
+            ],
             dtype=torch.float64,
         )
-        loss_tokens, valid_tokens = all_reduce_sum(local.to(self.engine.device)).tolist()
-        return PreparedBatch(batch, samples, mbs, int(loss_tokens), int(valid_tokens))
+        loss_tokens, valid_tokens, tokens = all_reduce_sum(local.to(self.engine.device)).tolist()
+        if world_size() > 1:
+            most = int(_all_reduce_max(torch.tensor(float(len(mbs)), device=self.engine.device)))
+            while len(mbs) < most:
+                mbs.append(idle_micro_batch(mbs[0] if mbs else None, self.engine.pad_id))
+        return PreparedBatch(share, mbs, int(loss_tokens), int(valid_tokens), int(tokens))
 
     def accumulate(
         self,
@@ -201,17 +228,63 @@ class Learner:
         and the weights stayed as they were (learner/on_policy.py says why the version moves on)."""
         started = time.perf_counter()
         temperature = batch.temperature if temperature is None else temperature
-        prepared = self.prepare(batch, mask_truncated=mask_truncated)
+        samples = self.samples(batch, mask_truncated=mask_truncated)
         metrics = self._batch_metrics(batch)
+        shares = split_by_tokens(samples, self.ranks.size)
+        share = self.ranks.tell(STEP, [(s, temperature, lr) for s in shares])[0]
+        metrics.update(self._update(share, temperature, lr, started))
+        if metrics["trained"]:
+            log.info(
+                "train_step",
+                step=metrics["step"],
+                version=self.version,
+                loss=round(metrics["loss"], 6),
+                reward=round(metrics["reward_mean"], 4),
+                entropy=round(metrics["entropy"], 4),
+                grad_norm=round(metrics["grad_norm"], 4),
+                mismatch=round(metrics["logprob_mismatch"], 6),
+                zero_var=metrics["groups_zero_var"],
+                unjudged=metrics["groups_unjudged"],
+                step_s=round(metrics["step_s"], 3),
+            )
+        return metrics
+
+    def follow(self) -> None:
+        """On a rank other than 0: do what rank 0 says until it says stop."""
+        while True:
+            op, payload = self.ranks.receive()
+            if op == STEP:
+                share, temperature, lr = payload
+                self._update(share, temperature, lr, time.perf_counter())
+            elif op == WEIGHTS:
+                self.weights()
+            elif op == SAVE:
+                self.save_checkpoint()
+            elif op == STOP:
+                return
+            else:
+                raise RuntimeError(f"rank {self.ranks.rank}: unknown order {op!r} from rank 0")
+
+    def release(self) -> None:
+        """On rank 0, at the end of a run: the other ranks stop following."""
+        if self.ranks.size > 1:
+            self.ranks.tell(STOP)
+
+    def _update(
+        self, share: list[SequenceSample], temperature: float, lr: float | None, started: float
+    ) -> dict[str, Any]:
+        """Every rank: one update from its share of the step's samples; the step's measures."""
+        metrics: dict[str, Any] = {"ranks": self.ranks.size}
+        prepared = self.prepare_share(share)
         if lr is not None:
             self.engine.set_lr(lr)
         if prepared.loss_tokens == 0:
+            step = self.step
             version = self.on_policy.finish()
             metrics.update(trained=False, new_version=version, step_s=time.perf_counter() - started)
             metrics.update(dict.fromkeys(UNMEASURED, None))  # written as null: nothing to measure
-            log.warning(
-                "step_skipped", step=metrics["step"], version=version, reason="no token carries gradient"
-            )
+            if self.ranks.leads:
+                log.warning("step_skipped", step=step, version=version, reason="no token carries gradient")
             return metrics
         lr_used = self.engine.lr
         grad_norms = []
@@ -228,7 +301,8 @@ class Learner:
             self.engine.zero_grad()  # no half-accumulated gradient leaks into the next step
             raise
         step_s = time.perf_counter() - started
-        tokens = sum(s.length for s in prepared.samples)
+        tokens = prepared.tokens
+        micro = all_reduce_sum(torch.tensor(float(len(prepared.micro_batches)), device=self.engine.device))
         metrics.update(
             trained=True,
             loss=first["loss"],
@@ -238,13 +312,13 @@ class Learner:
             logprob_mismatch_kl=first["logprob_mismatch_kl"],
             grad_norm=grad_norms[0],
             lr=lr_used,
-            micro_batches=len(prepared.micro_batches),
+            micro_batches=int(micro),  # of every rank, idle ones included
             tokens=tokens,
             loss_tokens=prepared.loss_tokens,
             optimizer_steps=self.engine.optimizer_steps,
             new_version=self.on_policy.finish(),
             step_s=step_s,
-            tokens_per_s=tokens * world_size() / step_s,
+            tokens_per_s=tokens / step_s,
         )
         if "kl" in first:
             metrics["kl"] = first["kl"]
@@ -252,19 +326,6 @@ class Learner:
             metrics.update(
                 clip_frac=later["clip_frac"], loss_last=later["loss"], grad_norm_last=grad_norms[-1]
             )
-        log.info(
-            "train_step",
-            step=metrics["step"],
-            version=self.version,
-            loss=round(metrics["loss"], 6),
-            reward=round(metrics["reward_mean"], 4),
-            entropy=round(metrics["entropy"], 4),
-            grad_norm=round(metrics["grad_norm"], 4),
-            mismatch=round(metrics["logprob_mismatch"], 6),
-            zero_var=metrics["groups_zero_var"],
-            unjudged=metrics["groups_unjudged"],
-            step_s=round(step_s, 3),
-        )
         return metrics
 
     def _batch_metrics(self, batch: Batch) -> dict[str, Any]:
@@ -308,10 +369,15 @@ class Learner:
 
     def weights(self) -> dict[str, Tensor]:
         """A CPU snapshot of the current weights for publishing (dtype per `publish.dtype`)."""
+        if self.ranks.leads:
+            self.ranks.tell(WEIGHTS)  # under ZeRO-3 every rank gives its shard to the gathering
         dtype = None if self.cfg.publish.dtype == "model" else getattr(torch, self.cfg.publish.dtype)
         return self.engine.named_weights(dtype)
 
     def save_checkpoint(self, extra_state: dict[str, Any] | None = None) -> Path:
+        """Every rank writes its part; rank 0 (which tells the others) the run's state."""
+        if self.ranks.leads:
+            self.ranks.tell(SAVE)
         c = self.cfg.checkpoint
         return checkpoint.save(
             self.cfg.checkpoint_dir,

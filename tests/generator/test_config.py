@@ -30,7 +30,7 @@ def test_overrides_and_engine_args_are_typed(model_dir: Path) -> None:
             "credits=32",
             "generator_id=007",
             "engine.max_model_len=4096",
-            "engine.args.tensor_parallel_size=2",
+            "engine.tensor_parallel_size=2",
             "engine.args.kv_cache_dtype=fp8",
             "engine.args.enable_prefix_caching=false",
             "--log-level", "debug",
@@ -39,13 +39,18 @@ def test_overrides_and_engine_args_are_typed(model_dir: Path) -> None:
     assert config.credits == 32
     assert config.generator_id == "007"  # a text field keeps its text
     assert config.engine.max_model_len == 4096
+    assert config.engine.tensor_parallel_size == 2
     assert config.engine.args == {
-        "tensor_parallel_size": 2,
         "kv_cache_dtype": "fp8",
         "enable_prefix_caching": False,
     }
     assert config.learner == "tcp://10.0.0.2:5000"
     assert level == "debug"
+
+
+def test_what_the_plan_reads_is_refused_in_engine_args(model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size: set engine.tensor_parallel_size instead"):
+        load_config([*base(model_dir), "engine.args.tensor_parallel_size=2"])
 
 
 def test_yaml_file_then_overrides(model_dir: Path, tmp_path: Path) -> None:
