@@ -4,6 +4,9 @@
     generator  the next tp GPUs each    vLLM claims gpu_memory_utilization of each
     judge      no GPU                   (CUDA_VISIBLE_DEVICES empty on a GPU node)
 
+or, with `placement.colocate`, generators on the node's GPUs from the first again (one GPU: all
+on it), each claiming its share of memory beside the learner's.
+
 A plan that cannot fit is refused before anything starts, with the numbers. The learner's
 memory per GPU is estimated from the model's shape (its config.json, or the recipe's
 `placement.model` when planning for a node whose model is not here):
@@ -53,6 +56,9 @@ class PlacementConfig(Config):
     gpu_memory_gb: float | None = Field(
         default=None, gt=0, description="per GPU; None: measured on this node's GPU, else 80"
     )
+    # Share GPUs between the learner and the generators (each generator then claims its share of
+    # a GPU the learner uses too): for a node with fewer GPUs than components, e.g. one.
+    colocate: bool = False
     model: ModelShape | None = Field(
         default=None,
         description="the model's shape, for planning where its directory is not (config.json wins)",
@@ -228,6 +234,7 @@ def place(
     generator_memory_share: float,
     learner_memory_parts: dict[str, float] | None,
     weight_bytes: int,
+    colocate: bool = False,
 ) -> Plan:
     """The plan for a node of `gpus` GPUs (0: CPU only), or PlanError with the numbers.
 
@@ -245,11 +252,14 @@ def place(
         return Plan(0, None, components)
     names = visible[:gpus] if len(visible) >= gpus else [str(i) for i in range(gpus)]
     needed = ranks + generators * tensor_parallel
-    if needed > gpus:
+    if colocate and ranks > gpus:
+        raise PlanError(f"learner.ranks {ranks}: one rank per GPU, and the node has {gpus}")
+    if not colocate and needed > gpus:
         raise PlanError(
             f"the plan needs {needed} GPUs (learner.ranks {ranks} + generators {generators} x "
             f"tensor_parallel_size {tensor_parallel}) and the node has {gpus}: lower learner.ranks or "
-            "generators, or run generators on other machines (generators=0 here)"
+            "generators, or run generators on other machines (generators=0 here), or share "
+            "GPUs (placement.colocate=true)"
         )
     memory = gpu_memory_gb or 80.0
     problems = []
@@ -269,9 +279,22 @@ def place(
                 f"{tensor_parallel}) leave no KV cache in its share {generator_memory_share:g} x "
                 f"{memory:.1f} = {generator_gb:.1f} GB: raise tensor_parallel_size or gpu_memory_utilization"
             )
+    learner_ids = list(range(ranks))
+    generator_ids = [
+        [(ranks + g * tensor_parallel + i) % gpus for i in range(tensor_parallel)] for g in range(generators)
+    ]
+    if colocate and not problems:
+        load = {gpu: [("learner", learner_gb or 0.0)] if gpu in learner_ids else [] for gpu in range(gpus)}
+        for g, ids in enumerate(generator_ids):
+            for gpu in ids:
+                load[gpu].append((f"generator{g}", generator_gb))
+        for gpu, parts in load.items():
+            total = sum(gb for _, gb in parts)
+            if total > memory:
+                listed = " + ".join(f"{name} {gb:.1f}" for name, gb in parts)
+                problems.append(f"GPU {gpu}: {listed} = {total:.1f} GB > {memory:.1f} GB")
     if problems:
         raise PlanError("the plan does not fit:\n  " + "\n  ".join(problems))
-    learner_ids = list(range(ranks))
     components.append(
         Placed(
             "learner",
@@ -283,8 +306,7 @@ def place(
             memory=learner_memory_parts or {},
         )
     )
-    for g in range(generators):
-        ids = list(range(ranks + g * tensor_parallel, ranks + (g + 1) * tensor_parallel))
+    for g, ids in enumerate(generator_ids):
         components.append(
             Placed(
                 f"generator{g}", "generator", ids, device_env([names[i] for i in ids]), round(generator_gb, 2)
@@ -321,7 +343,8 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
     elif gpus:
         raise PlanError(
             f"learner.model.path: no config.json at {learner.model.path}, so the learner's memory cannot "
-            "be estimated: fetch the model first, or give its shape in placement.model"
+            "be estimated: fetch the model first (the tiny default: run once without --dry-run), or "
+            "give its shape in placement.model"
         )
     return place(
         gpus=gpus,
@@ -334,4 +357,5 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
         generator_memory_share=engine.gpu_memory_utilization,
         learner_memory_parts=parts,
         weight_bytes=weight_bytes,
+        colocate=recipe.placement.colocate,
     )

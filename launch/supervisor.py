@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = run_dir.resolve()
         if args.gpus is not None and not args.dry_run and args.gpus > len(visible_gpus()):
             raise ConfigError(f"--gpus {args.gpus}: this node has {len(visible_gpus())} visible GPUs")
+        timings = {}
+        if recipe.prepare == "tiny" and not args.dry_run:  # the plan reads the model it builds
+            timings["building the tiny default (0 when cached)"] = tiny_default.build(recipe.tiny, console)
         supervisor = Supervisor(
             recipe, run_dir, resume=args.resume is not None, max_steps=args.max_steps, gpus=args.gpus
         )
@@ -407,9 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         print(supervisor.describe())
         console.print(f"plan: {run_dir / 'plan.json'} (nothing started)")
         return 0
-    timings = {}
-    if recipe.prepare == "tiny":
-        timings["building the tiny default (0 when cached)"] = tiny_default.build(recipe.tiny, console)
     supervisor.write_configs()
 
     def on_signal(signum: int, frame: Any) -> None:

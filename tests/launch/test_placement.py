@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.placement import ModelShape, PlanError, learner_memory, place, plan_recipe
+from launch.placement import ModelShape, Plan, PlanError, learner_memory, place, plan_recipe
 from launch.recipe import Recipe, load_recipe
 from launch.supervisor import Supervisor
 from tests.launch.supervised import ROOT
@@ -159,3 +159,25 @@ def test_dry_run_writes_the_plan_and_prints_it(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.returncode == 2 and "needs 9 GPUs" in refused.stderr
     assert not (tmp_path / "refused").exists()
+
+
+def test_colocated_components_share_a_gpu_within_its_memory() -> None:
+    def one_gpu(share: float) -> Plan:
+        return place(
+            gpus=1,
+            visible=["0"],
+            gpu_memory_gb=80.0,
+            shape=SEVEN_B,
+            ranks=1,
+            generators=1,
+            tensor_parallel=1,
+            generator_memory_share=share,
+            learner_memory_parts={"all": 30.0},
+            weight_bytes=2,
+            colocate=True,
+        )
+
+    plan = one_gpu(0.3)
+    assert {c.name: c.gpus for c in plan.components} == {"judge": [], "learner": [0], "generator0": [0]}
+    with pytest.raises(PlanError, match=r"GPU 0: learner 30\.0 \+ generator0 56\.0 = 86\.0 GB > 80\.0 GB"):
+        one_gpu(0.7)
