@@ -5,7 +5,21 @@ DeepSpeed config) and the same fixed batch. The plain loop gets the learner's mi
 ready-made and computes only -A * logp over the response tokens; the learner's step does
 everything it does in training (group selection, advantages, bucketing, the clipped token
 loss, entropy, sampler mismatch, metrics). Timings alternate between the two, medians are
-compared. Last line: `learner: step_ratio=... tokens_per_s=...` (target: step_ratio <= 1.1).
+compared.
+
+Then the memory of log-probs and entropy at a real vocabulary: 8,192 response tokens through a
+151,936 x 896 head (Qwen2.5-0.5B's), forward and backward of a loss on both, as the learner
+computes them (`head_logprobs`, in chunks of the default `batching.logits_chunk_tokens` or of
+`--logits-chunk-tokens`). Its peak extra memory over the size of the whole fp32 logits (8,192 x
+151,936 x 4 bytes, never allocated) is `logits_peak_ratio` (target: <= 0.25). It runs in a fresh
+process; on the CPU the figure is the rise of its peak resident set, on a GPU the peak allocated
+by torch.
+
+Then `ranks2_max_diff`: the largest parameter difference after one step on 2 CPU ranks and on 1
+with the same global batch (target: <= 1e-6).
+
+Last line: `learner: step_ratio=... tokens_per_s=... ranks2_max_diff=... logits_peak_ratio=...`
+(target: step_ratio <= 1.1).
 
     python -m bench.learner [--hidden 128 --layers 2 --prompts 16 --n 8 --max-response 256]
 """
@@ -13,17 +27,27 @@ compared. Last line: `learner: step_ratio=... tokens_per_s=...` (target: step_ra
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from learner.config import LearnerConfig
+from learner.config import BatchingConfig, LearnerConfig
 from learner.tiny.model import write_tiny_model
-from learner.training.engine import PolicyEngine, deepspeed_config, ensure_distributed, load_model
+from learner.training.engine import (
+    PolicyEngine,
+    deepspeed_config,
+    ensure_distributed,
+    head_logprobs,
+    load_model,
+    logits_chunks,
+)
 from learner.training.grpo import select_groups
 from learner.training.trainer import Learner
 from proto.logs import configure_logging
@@ -92,6 +116,78 @@ class PlainLoop:
         self.engine.step()
 
 
+def logits_peak_bytes(tokens: int, vocab: int, hidden: int, chunk_tokens: int) -> int:
+    """Peak memory of log-probs and entropy of `tokens` positions through a `vocab` x `hidden`
+    head, forward and backward of a loss on both. Counted: everything above the inputs (hidden
+    states, targets, loss weights), the head's weight and both gradients, allocated beforehand
+    as a training step holds them. On the CPU: the process's peak resident set after the run over
+    its resident set before it; run it in a fresh process (the peak only rises)."""
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    head = torch.nn.Linear(hidden, vocab, bias=False, device=device)
+    states = torch.randn(tokens, hidden, device=device, requires_grad=True)
+    targets = torch.randint(vocab, (tokens,), device=device)
+    weights = torch.randn(tokens, device=device)
+
+    def loss_backward(rows: int) -> None:
+        chunks = logits_chunks(rows, chunk_tokens, device=device)
+        logp, entropy = head_logprobs(
+            head, states[:rows], targets[:rows], 0.7, chunks=chunks, entropy_grad=True
+        )
+        ((logp - 0.01 * entropy) * weights[:rows]).sum().backward()
+
+    # Kernels and thread pools are set up and both gradients allocated. Its own peak (a temporary
+    # of the weight's size) stays below the measured run's, which holds one too.
+    loss_backward(8)
+    head.weight.grad.zero_()
+    states.grad.zero_()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _resident_bytes()
+    loss_backward(tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base  # KiB on Linux
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def logits_peak_ratio(
+    chunk_tokens: int, tokens: int = 8192, vocab: int = 151_936, hidden: int = 896
+) -> float:
+    """`logits_peak_bytes` in a fresh process, over the size of the whole fp32 logits."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        peak = pool.submit(logits_peak_bytes, tokens, vocab, hidden, chunk_tokens).result()
+    full = tokens * vocab * 4
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(
+        f"log-probs and entropy of {tokens} tokens, vocab {vocab}, hidden {hidden}, chunks of {chunk_tokens} "
+        f"({device}): peak {peak / 2**20:.0f} MiB, whole fp32 logits {full / 2**20:.0f} MiB"
+    )
+    return peak / full
+
+
+def ranks2_max_diff(model_dir: Path, tmp: Path) -> float:
+    """The largest absolute parameter difference after one learner step on 2 gloo ranks and on
+    1, with the same global batch (fp32, ZeRO-0; each run a torchrun of bench.learner_ranks)."""
+    from bench.learner_ranks import run_on_ranks
+
+    weights = {}
+    for ranks in (1, 2):
+        out = tmp / f"ranks{ranks}.pt"
+        run_dir = str(tmp / f"ranks{ranks}")
+        run_on_ranks(ranks, "--model", str(model_dir), "--run-dir", run_dir, "--out", str(out))
+        weights[ranks] = torch.load(out, weights_only=True)
+    return max(float((weights[1][name] - value).abs().max()) for name, value in weights[2].items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, default=128)
@@ -102,6 +198,7 @@ def main() -> None:
     parser.add_argument("--micro-batch-tokens", type=int, default=8192)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--logits-chunk-tokens", type=int, default=BatchingConfig().logits_chunk_tokens)
     args = parser.parse_args()
     configure_logging("bench", "warning")
 
@@ -129,6 +226,8 @@ def main() -> None:
             f"{len(prepared.micro_batches)} micro-batches of <= {args.micro_batch_tokens} tokens; "
             f"threads {torch.get_num_threads()}"
         )
+        ranks_diff = ranks2_max_diff(model_dir, Path(tmp))
+        print(f"one step on 2 ranks against 1 rank: largest parameter difference {ranks_diff:.2e}")
 
         times: dict[str, list[float]] = {"learner": [], "plain": []}
         for i in range(args.warmup + args.iters):
@@ -152,7 +251,11 @@ def main() -> None:
         print(f"{name:8s} step: median {median:.3f} s  min {low:.3f}  max {high:.3f}")
     print(f"ratio of the fastest steps: {min(times['learner']) / min(times['plain']):.3f}")
     print(f"weight snapshot for publishing: {snapshot_s * 1000:.1f} ms")
-    print(f"learner: step_ratio={learner_s / plain_s:.3f} tokens_per_s={tokens / learner_s:.0f}")
+    ratio = logits_peak_ratio(args.logits_chunk_tokens)
+    print(
+        f"learner: step_ratio={learner_s / plain_s:.3f} tokens_per_s={tokens / learner_s:.0f} "
+        f"ranks2_max_diff={ranks_diff:.2e} logits_peak_ratio={ratio:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ class BatchingConfig(Section):
     # Padded tokens (rows x longest row) per forward/backward; a longer sequence goes alone.
     micro_batch_tokens: int = Field(default=16384, ge=1)
     # Log-probs and entropy go through the LM head this many tokens at a time: the fp32 logits of
-    # a whole micro-batch (65,536 x 152,064 x 4 bytes = 40 GB) are never held at once.
-    logits_chunk_tokens: int = Field(default=1024, ge=1)
+    # a whole micro-batch (65,536 x 152,064 x 4 bytes = 40 GB) are never held at once. 512: the
+    # largest chunk at which the head's weight gradient, not the chunk, sets the peak (bench.learner).
+    logits_chunk_tokens: int = Field(default=512, ge=1)
 
 
 class CheckpointConfig(Section):

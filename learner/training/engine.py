@@ -7,9 +7,11 @@ gradients and `step` is the boundary, so one learner step may hold any number of
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ import deepspeed
 import structlog
 import torch
 from deepspeed.accelerator import get_accelerator
-from torch import Tensor
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from learner.config import LearnerConfig
@@ -79,6 +83,45 @@ def training_dtype(cfg: LearnerConfig) -> torch.dtype:
     return getattr(torch, cfg.model.dtype)
 
 
+@functools.cache
+def fused_adam_available() -> bool:
+    """Whether DeepSpeed's fused Adam op loads on this machine: prebuilt into the installed package,
+    or JIT-built, which needs nvcc. Otherwise the engine takes torch's AdamW: a GPU machine without
+    the CUDA toolkit would fail at start-up trying to compile it."""
+    if on_cpu():
+        return False  # the fused op has no CPU kernel
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+    from deepspeed.ops.op_builder.builder import installed_cuda_version, probe_is_compatible
+
+    builder = get_accelerator().create_op_builder("FusedAdamBuilder")
+    if builder is None or not probe_is_compatible(builder):
+        return False
+    prebuilt = installed_ops.get(builder.name, False) and accelerator_name == get_accelerator()._name
+    if not prebuilt:
+        try:
+            installed_cuda_version()  # raises without a CUDA_HOME whose nvcc runs
+        except Exception:
+            return False
+    try:
+        builder.load(verbose=False)  # cached: DeepSpeed's FusedAdam takes this very op
+    except Exception as err:
+        log.warning("fused_adam_unavailable", error=f"{type(err).__name__}: {err}")
+        return False
+    return True
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer | None) -> str:
+    """The optimizer class DeepSpeed built, as the start-up log names it."""
+    if optimizer is None:
+        return "none"
+    cls = type(optimizer)
+    if cls.__module__.startswith("torch.optim"):
+        return f"torch {cls.__name__}"
+    if cls.__module__.startswith("deepspeed."):
+        return f"DeepSpeed {cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def deepspeed_config(cfg: LearnerConfig) -> dict[str, Any]:
     """The DeepSpeed config generated from the learner's, with `deepspeed.extra` merged last."""
     generated: dict[str, Any] = {
@@ -93,8 +136,7 @@ def deepspeed_config(cfg: LearnerConfig) -> dict[str, Any]:
                 "betas": list(cfg.optim.betas),
                 "eps": cfg.optim.eps,
                 "weight_decay": cfg.optim.weight_decay,
-                # DeepSpeed's fused Adam has no CPU kernel.
-                "torch_adam": on_cpu(),
+                "torch_adam": not fused_adam_available(),
             },
         },
         "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
@@ -134,22 +176,165 @@ def load_model(path: Path, cfg: LearnerConfig) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
+class _TokenLogpEntropy(torch.autograd.Function):
+    """Log-prob of each row's target and the row's entropy, in fp32, from one chunk of logits
+    [C, V] at a temperature. Keeps only the logits for backward, which builds their gradient in
+    one fp32 [C, V] buffer in place: autograd's log_softmax and entropy would hold several."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, logits: Tensor, targets: Tensor, temperature: float, entropy_grad: bool
+    ) -> tuple[Tensor, Tensor]:
+        top = logits.amax(-1, keepdim=True)
+        probs = logits.to(torch.float32, copy=True).sub_(top).div_(temperature).exp_()  # unnormalised
+        total = probs.sum(-1)
+        lse = top.squeeze(-1).float() / temperature + total.log()
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() / temperature - lse
+        entropy = lse - probs.mul_(logits).sum(-1) / (total * temperature)
+        ctx.save_for_backward(logits, lse, entropy, targets)
+        ctx.temperature, ctx.entropy_grad = temperature, entropy_grad
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
+        logits, lse, entropy, targets = ctx.saved_tensors
+        dtype = logits.dtype
+        grad = logits.to(torch.float32, copy=True).div_(ctx.temperature).sub_(lse.unsqueeze(-1))  # log-probs
+        del logits  # under checkpointing the last reference: a chunk holds two [C, V] buffers at most
+        if ctx.entropy_grad:
+            # d logp / dz = onehot - p ; d entropy / dz = -p (log p + entropy)
+            probs = grad.exp()
+            grad.add_(entropy.unsqueeze(-1)).mul_(-grad_entropy.unsqueeze(-1))
+            grad.sub_(grad_logp.unsqueeze(-1)).mul_(probs)
+            del probs
+        else:
+            grad.exp_().mul_(-grad_logp.unsqueeze(-1))
+        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
+        if ctx.temperature != 1.0:
+            grad.div_(ctx.temperature)
+        return grad.to(dtype), None, None, None
+
+
+def _chunk_logprobs(
+    head: nn.Module, hidden: Tensor, targets: Tensor, temperature: float, entropy_grad: bool
+) -> tuple[Tensor, Tensor]:
+    return _TokenLogpEntropy.apply(head(hidden), targets, temperature, entropy_grad)
+
+
+def logits_chunks(tokens: int, chunk_tokens: int, *, device: torch.device, agree: bool = False) -> int:
+    """How many chunks of at most `chunk_tokens` the head takes `tokens` positions in; with `agree`,
+    the most that any rank needs (a collective). Under ZeRO-3 every call of the head gathers its
+    weight from all ranks, in forward and in backward: each rank must make as many calls."""
+    chunks = max(1, -(-tokens // chunk_tokens))
+    if agree and world_size() > 1:
+        count = torch.tensor(chunks, device=device)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        chunks = int(count)
+    return chunks
+
+
+def head_logprobs(
+    head: nn.Module,
+    hidden: Tensor,
+    targets: Tensor,
+    temperature: float,
+    *,
+    chunks: int,
+    entropy_grad: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Log-prob of each target and the entropy, both [N] float32, from hidden states [N, H] through
+    the output head in `chunks` near-equal chunks of rows (some empty if there are fewer rows):
+    the logits of one chunk exist at once, in forward and, recomputed, in backward. The head is
+    called as a module (ZeRO-3 gathers its weight in its hooks), so a weight tied to the
+    embeddings gets both gradients."""
+    logps, entropies = [], []
+    for h, t in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks), strict=True):
+        if torch.is_grad_enabled():
+            # the head has no randomness to replay
+            logp, entropy = checkpoint(
+                _chunk_logprobs,
+                head,
+                h,
+                t,
+                temperature,
+                entropy_grad,
+                use_reentrant=False,
+                preserve_rng_state=False,
+            )
+        else:
+            logp, entropy = _chunk_logprobs(head, h, t, temperature, entropy_grad)
+        logps.append(logp)
+        entropies.append(entropy)
+    return torch.cat(logps), torch.cat(entropies)
+
+
+@contextmanager
+def _returning_kept_logprobs(
+    model: PreTrainedModel, mb: MicroBatch, temperature: float, *, chunks: int, entropy_grad: bool
+) -> Iterator[None]:
+    """While open, a call of `model` returns (logp, entropy) [B, K] of `mb`'s kept positions: the
+    decoder's last hidden state (after the final norm) goes through the output head chunk by chunk.
+
+    They come out of the model's own call so that a DeepSpeed engine wrapping it hooks the start of
+    its backward on them, as it does on logits: mixed-precision and ZeRO optimizers prepare there
+    for the parameters' gradients, and an untied head's weight gets its gradient before any reaches
+    the decoder's output. The model's own projection gets no positions (`logits_to_keep`)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is model or head is None:
+        raise TypeError(f"{type(model).__name__}: no separate decoder and output head")
+    found: list[tuple[Tensor, Tensor]] = []
+
+    def project(module: nn.Module, args: Any, output: Any) -> None:
+        hidden = output[0][:, mb.keep]  # last_hidden_state
+        logp, entropy = head_logprobs(
+            head,
+            hidden.reshape(-1, hidden.shape[-1]),
+            mb.targets.reshape(-1),
+            temperature,
+            chunks=chunks,
+            entropy_grad=entropy_grad,
+        )
+        found.append((logp.view(mb.targets.shape), entropy.view(mb.targets.shape)))
+
+    def replace_output(module: nn.Module, args: Any, output: Any) -> tuple[Tensor, Tensor]:
+        return found.pop()
+
+    handles = [decoder.register_forward_hook(project), model.register_forward_hook(replace_output)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def sequence_logprobs(
-    model: Any, mb: MicroBatch, temperature: float, *, entropy_grad: bool = False
+    model: Any,
+    mb: MicroBatch,
+    temperature: float,
+    *,
+    chunk_tokens: int,
+    entropy_grad: bool = False,
+    same_chunks_on_ranks: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Log-prob of each target token and the entropy of each kept position, both [B, K], float32,
-    under the model's distribution at `temperature` (the sampler's)."""
-    out = model(
-        input_ids=mb.input_ids, attention_mask=mb.attention_mask, logits_to_keep=mb.keep, use_cache=False
+    under the model's distribution at `temperature` (the sampler's). `model`: a Hugging Face causal
+    LM or a DeepSpeed engine around one. The fp32 logits exist for `chunk_tokens` positions at a
+    time (at 32K-token micro-batches and a 150K vocabulary all of them would take tens of GB); the
+    head is applied as is, so models that post-process logits (soft-capping, scaling) need more.
+    `same_chunks_on_ranks`: every rank calls it together and makes as many head calls (ZeRO-3)."""
+    hf = model.module if isinstance(model, deepspeed.DeepSpeedEngine) else model
+    chunks = logits_chunks(
+        mb.targets.numel(), chunk_tokens, device=mb.targets.device, agree=same_chunks_on_ranks
     )
-    logits = out.logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logsm = torch.log_softmax(logits, dim=-1)
-    logp = logsm.gather(-1, mb.targets.unsqueeze(-1)).squeeze(-1)
-    with nullcontext() if entropy_grad else torch.no_grad():
-        probs_logsm = logsm if entropy_grad else logsm.detach()
-        entropy = -(probs_logsm.exp() * probs_logsm).sum(-1)
+    with _returning_kept_logprobs(hf, mb, temperature, chunks=chunks, entropy_grad=entropy_grad):
+        logp, entropy = model(
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            logits_to_keep=mb.keep[:0],
+            use_cache=False,
+        )
     return logp, entropy
 
 
@@ -185,6 +370,7 @@ class PolicyEngine:
             device=str(self.device),
             parameters=sum(p.numel() for p in model.parameters()),
             reference=self.reference is not None,
+            optimizer=optimizer_name(self.engine.basic_optimizer),
         )
 
     @property
@@ -194,13 +380,21 @@ class PolicyEngine:
     def logprobs(
         self, mb: MicroBatch, temperature: float, *, entropy_grad: bool = False
     ) -> tuple[Tensor, Tensor]:
-        return sequence_logprobs(self.engine, mb, temperature, entropy_grad=entropy_grad)
+        return sequence_logprobs(
+            self.engine,
+            mb,
+            temperature,
+            chunk_tokens=self.cfg.batching.logits_chunk_tokens,
+            entropy_grad=entropy_grad,
+            same_chunks_on_ranks=self.engine.zero_optimization_stage() == 3,
+        )
 
     @torch.no_grad()
     def reference_logprobs(self, mb: MicroBatch, temperature: float) -> Tensor:
         if self.reference is None:
             raise RuntimeError("grpo.kl_coef: no reference model loaded (kl_coef is 0)")
-        return sequence_logprobs(self.reference, mb, temperature)[0]
+        chunk = self.cfg.batching.logits_chunk_tokens
+        return sequence_logprobs(self.reference, mb, temperature, chunk_tokens=chunk)[0]
 
     def backward(self, loss: Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
@@ -209,7 +403,11 @@ class PolicyEngine:
         """Apply the accumulated gradients; returns the global grad norm before clipping."""
         own_norm = None
         if not (self.engine.zero_optimization() or self.engine.bfloat16_enabled()):
-            # Only ZeRO and mixed-precision optimizers report the norm; compute it for plain fp32.
+            # Only ZeRO and mixed-precision optimizers report the norm; compute it for plain fp32,
+            # of the gradient all ranks agree on. `step` averages the gradients over the ranks
+            # again, which leaves identical ones as they are (exactly: (g + g) / 2 = g).
+            if world_size() > 1:
+                self.engine.allreduce_gradients()
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
             own_norm = float(
                 torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
