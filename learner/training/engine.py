@@ -176,21 +176,58 @@ def load_model(path: Path, cfg: LearnerConfig) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
+def _logp_entropy(logits: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Log-prob of each row's target, the row's entropy and log-sum-exp, in fp32, from logits
+    [C, V] at a temperature, with one fp32 [C, V] temporary."""
+    top = logits.amax(-1, keepdim=True)
+    probs = logits.to(torch.float32, copy=True).sub_(top).div_(temperature).exp_()  # unnormalised
+    total = probs.sum(-1)
+    lse = top.squeeze(-1).float() / temperature + total.log()
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() / temperature - lse
+    entropy = lse - probs.mul_(logits).sum(-1) / (total * temperature)
+    return logp, entropy, lse
+
+
+def _log_probs(logits: Tensor, temperature: float, lse: Tensor, *, reuse: bool = False) -> Tensor:
+    """All log-probs [C, V], in an fp32 buffer that `_logits_grad` turns into the gradient: a new
+    one, or with `reuse` fp32 logits' own."""
+    return logits.to(torch.float32, copy=not reuse).div_(temperature).sub_(lse.unsqueeze(-1))
+
+
+def _logits_grad(
+    grad: Tensor,
+    targets: Tensor,
+    temperature: float,
+    entropy: Tensor,
+    grad_logp: Tensor,
+    grad_entropy: Tensor | None,
+) -> Tensor:
+    """The gradient of the logits, built in place in `grad` (`_log_probs`), from those of the
+    log-probs and, if given, of the entropy."""
+    if grad_entropy is not None:
+        # d logp / dz = onehot - p ; d entropy / dz = -p (log p + entropy)
+        probs = grad.exp()
+        grad.add_(entropy.unsqueeze(-1)).mul_(-grad_entropy.unsqueeze(-1))
+        grad.sub_(grad_logp.unsqueeze(-1)).mul_(probs)
+        del probs
+    else:
+        grad.exp_().mul_(-grad_logp.unsqueeze(-1))
+    grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
+    if temperature != 1.0:
+        grad.div_(temperature)
+    return grad
+
+
 class _TokenLogpEntropy(torch.autograd.Function):
-    """Log-prob of each row's target and the row's entropy, in fp32, from one chunk of logits
-    [C, V] at a temperature. Keeps only the logits for backward, which builds their gradient in
-    one fp32 [C, V] buffer in place: autograd's log_softmax and entropy would hold several."""
+    """Log-prob and entropy of one chunk of logits [C, V] (`_logp_entropy`). Keeps only the
+    logits for backward, which builds their gradient in one fp32 buffer: autograd's log_softmax
+    and entropy would hold several."""
 
     @staticmethod
     def forward(
         ctx: FunctionCtx, logits: Tensor, targets: Tensor, temperature: float, entropy_grad: bool
     ) -> tuple[Tensor, Tensor]:
-        top = logits.amax(-1, keepdim=True)
-        probs = logits.to(torch.float32, copy=True).sub_(top).div_(temperature).exp_()  # unnormalised
-        total = probs.sum(-1)
-        lse = top.squeeze(-1).float() / temperature + total.log()
-        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() / temperature - lse
-        entropy = lse - probs.mul_(logits).sum(-1) / (total * temperature)
+        logp, entropy, lse = _logp_entropy(logits, targets, temperature)
         ctx.save_for_backward(logits, lse, entropy, targets)
         ctx.temperature, ctx.entropy_grad = temperature, entropy_grad
         if not entropy_grad:
@@ -201,20 +238,64 @@ class _TokenLogpEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
         logits, lse, entropy, targets = ctx.saved_tensors
         dtype = logits.dtype
-        grad = logits.to(torch.float32, copy=True).div_(ctx.temperature).sub_(lse.unsqueeze(-1))  # log-probs
+        grad = _log_probs(logits, ctx.temperature, lse)
         del logits  # under checkpointing the last reference: a chunk holds two [C, V] buffers at most
-        if ctx.entropy_grad:
-            # d logp / dz = onehot - p ; d entropy / dz = -p (log p + entropy)
-            probs = grad.exp()
-            grad.add_(entropy.unsqueeze(-1)).mul_(-grad_entropy.unsqueeze(-1))
-            grad.sub_(grad_logp.unsqueeze(-1)).mul_(probs)
-            del probs
-        else:
-            grad.exp_().mul_(-grad_logp.unsqueeze(-1))
-        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
-        if ctx.temperature != 1.0:
-            grad.div_(ctx.temperature)
+        grad = _logits_grad(
+            grad, targets, ctx.temperature, entropy, grad_logp, grad_entropy if ctx.entropy_grad else None
+        )
         return grad.to(dtype), None, None, None
+
+
+class _LinearHeadLogpEntropy(torch.autograd.Function):
+    """Log-prob and entropy through a bias-free linear head [V, H], all chunks in one function:
+    backward recomputes one chunk's logits at a time and adds its part of the weight's gradient
+    in place to one buffer. Per-chunk autograd would hold that gradient about three times while
+    it sums the chunks' parts (measured: bench.learner's logits_peak_ratio)."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        hidden: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        temperature: float,
+        entropy_grad: bool,
+        chunks: int,
+    ) -> tuple[Tensor, Tensor]:
+        parts = [
+            _logp_entropy(h @ weight.t(), t, temperature)
+            for h, t in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks), strict=True)
+        ]
+        logp, entropy, lse = (torch.cat(column) for column in zip(*parts, strict=True))
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        ctx.temperature, ctx.entropy_grad, ctx.chunks = temperature, entropy_grad, chunks
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        # a low-precision weight's gradient is summed over the chunks in fp32, as one matmul would
+        grad_weight = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
+        grad_hidden = torch.empty_like(hidden)
+        split = [
+            x.tensor_split(ctx.chunks)
+            for x in (hidden, targets, lse, entropy, grad_logp, grad_entropy, grad_hidden)
+        ]
+        for h, t, lse_c, entropy_c, grad_logp_c, grad_entropy_c, grad_hidden_c in zip(*split, strict=True):
+            grad = _logits_grad(
+                _log_probs(h @ weight.t(), ctx.temperature, lse_c, reuse=True),  # the logits are ours
+                t,
+                ctx.temperature,
+                entropy_c,
+                grad_logp_c,
+                grad_entropy_c if ctx.entropy_grad else None,
+            ).to(weight.dtype)
+            grad_hidden_c.copy_(grad @ weight)
+            grad_weight.addmm_(grad.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
+            del grad
+        return grad_hidden, grad_weight.to(weight.dtype), None, None, None, None
 
 
 def _chunk_logprobs(
@@ -235,6 +316,12 @@ def logits_chunks(tokens: int, chunk_tokens: int, *, device: torch.device, agree
     return chunks
 
 
+def _plain_linear(head: nn.Module) -> bool:
+    """A bias-free nn.Linear whose whole weight is here: not partitioned by ZeRO-3 (whose hooks
+    gather it only inside the module's own call)."""
+    return type(head) is nn.Linear and head.bias is None and not hasattr(head.weight, "ds_id")
+
+
 def head_logprobs(
     head: nn.Module,
     hidden: Tensor,
@@ -246,9 +333,12 @@ def head_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Log-prob of each target and the entropy, both [N] float32, from hidden states [N, H] through
     the output head in `chunks` near-equal chunks of rows (some empty if there are fewer rows):
-    the logits of one chunk exist at once, in forward and, recomputed, in backward. The head is
-    called as a module (ZeRO-3 gathers its weight in its hooks), so a weight tied to the
-    embeddings gets both gradients."""
+    the logits of one chunk exist at once, in forward and, recomputed, in backward. A plain
+    linear head goes through one function that sums its weight's gradient in place; any other
+    (a ZeRO-3 partitioned one: its hooks gather the weight) is called as a module, chunk by chunk
+    under checkpointing. Either way a weight tied to the embeddings gets both gradients."""
+    if _plain_linear(head):
+        return _LinearHeadLogpEntropy.apply(hidden, head.weight, targets, temperature, entropy_grad, chunks)
     logps, entropies = [], []
     for h, t in zip(hidden.tensor_split(chunks), targets.tensor_split(chunks), strict=True):
         if torch.is_grad_enabled():
