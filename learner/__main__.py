@@ -19,10 +19,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from learner.config import LearnerConfig
-
-if TYPE_CHECKING:
-    from learner.training.checkpoint import CheckpointState
-    from learner.training.trainer import Learner
 from learner.training.ranks import component_name
 from proto.config import (
     ConfigError,
@@ -34,6 +30,10 @@ from proto.config import (
     replace,
 )
 from proto.logs import configure_logging
+
+if TYPE_CHECKING:
+    from learner.training.checkpoint import CheckpointState
+    from learner.training.trainer import Learner
 
 log = structlog.get_logger("learner")
 FIELDS = fields_help(LearnerConfig)
