@@ -14,8 +14,12 @@
    generator also faults in the pages of its weight file: it is printed, the best one is compared.
 One module, over 400 lines: a benchmark is read as one script, start to end.
 
-Run: `python -m bench.generator` (about 5 minutes on 2 cores). Last line:
+3. The same update of the ~100M model put on 2 generators at once (one v+1 item each), timed to
+   the later of their two groups: update_2gen_ratio is its best over the 1-generator best.
+
+Run: `python -m bench.generator` (about 6 minutes on 2 cores). Last line:
     generator: throughput_ratio=... weight_update_s=... weight_update_ratio=...
+               update_2gen_ratio=... update_path=...
 (throughput_ratio = service tokens/s / plain vLLM tokens/s; the weight figures are the ~100M model's.)
 """
 
@@ -52,11 +56,15 @@ from proto.sockets import Server
 from proto.work import Credit, SamplingParams, WorkBatch, WorkItem
 
 ROOT = Path(__file__).resolve().parents[1]
+# how a version reaches the generators here: each fetches it alone from the publisher (WeightChunk
+# over ZeroMQ), then reloads it from shared memory
+UPDATE_PATH = "zmq-chunks+shm"
 MAX_MODEL_LEN = 512
 
 
 class Dispatcher:
-    """The smallest dispatcher that serves one generator: credits, work, acks, pushes."""
+    """The smallest dispatcher that serves generators: credits, work (one item at a time to each
+    generator with room, in turn), acks, pushes (to every generator)."""
 
     def __init__(self) -> None:
         self.server = Server("tcp://127.0.0.1:*", name="bench-dispatcher")
@@ -64,8 +72,7 @@ class Dispatcher:
         self.queue: deque[WorkItem] = deque()
         self.groups: dict[str, tuple[float, RolloutGroup]] = {}
         self.aborted: list[WorkAborted] = []
-        self.credits = 0
-        self.peer: bytes | None = None
+        self.credits: dict[bytes, int] = {}  # by generator socket
         self.pushes: deque[Message] = deque()
         self.sent_at: float | None = None
         self.lock = threading.Lock()
@@ -80,27 +87,31 @@ class Dispatcher:
                 if request is not None:
                     message = request.message
                     if isinstance(message, Hello):
-                        self.peer, self.credits = request.peer, 0
+                        self.credits[request.peer] = 0
                     elif isinstance(message, Credit):
-                        self.peer = request.peer
-                        self.credits += message.credits
+                        self.credits[request.peer] = self.credits.get(request.peer, 0) + message.credits
                     elif isinstance(message, RolloutGroup):
                         self.groups.setdefault(message.work_id, (time.perf_counter(), message))
                     elif isinstance(message, WorkAborted):
                         self.aborted.append(message)
                     self.server.reply(request, Ack())
-                if self.peer is None:
+                if not self.credits:
                     continue
                 while self.pushes:
                     self.sent_at = self.sent_at or time.perf_counter()
-                    self.server.send(self.peer, self.pushes.popleft())
-                items = []
-                while self.credits > 0 and self.queue:
-                    items.append(self.queue.popleft())
-                    self.credits -= 1
-                if items:
-                    self.sent_at = self.sent_at or time.perf_counter()
-                    self.server.send(self.peer, WorkBatch(items=items))
+                    push = self.pushes.popleft()
+                    for peer in self.credits:
+                        self.server.send(peer, push)
+                items: dict[bytes, list[WorkItem]] = {peer: [] for peer in self.credits}
+                while self.queue and any(self.credits.values()):
+                    for peer in self.credits:
+                        if self.queue and self.credits[peer] > 0:
+                            items[peer].append(self.queue.popleft())
+                            self.credits[peer] -= 1
+                for peer, given in items.items():
+                    if given:
+                        self.sent_at = self.sent_at or time.perf_counter()
+                        self.server.send(peer, WorkBatch(items=given))
 
     def run(self, items: list[WorkItem], timeout_s: float, *pushes: Message) -> tuple[float, float]:
         """Hand out `items` (after `pushes`); (time the first was sent, time the last group arrived)."""
@@ -181,12 +192,12 @@ def failure_excerpt(lines: list[str], tail: int = 30, after_error: int = 40) -> 
 
 
 def start_generator(
-    model: Path, dispatcher: str, judge: str, credits: int
+    model: Path, dispatcher: str, judge: str, credits: int, name: str = "bench"
 ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen, list[str]]]:
     command = [
         sys.executable, "-m", "generator",
         f"learner={dispatcher}", f"judge={judge}", f"model={model}",
-        "generator_id=bench", f"credits={credits}",
+        f"generator_id={name}", f"credits={credits}",
         f"engine.max_model_len={MAX_MODEL_LEN}", "--log-level", "info",
     ]  # fmt: skip
     return running(command, '"learner_connected"', 600)
@@ -403,6 +414,37 @@ def bench_weight_update(
     return best, raw_s
 
 
+def bench_update_two_generators(model: Path, judge: str, updates: int) -> float:
+    """Best seconds from announcement to a group of the new version from each of 2 generators."""
+    from safetensors.torch import load_file
+
+    base = load_file(str(model / "model.safetensors"))
+    dispatcher = Dispatcher()
+    times = []
+    try:
+        with (
+            start_generator(model, dispatcher.address, judge, 4, name="bench0"),
+            start_generator(model, dispatcher.address, judge, 4, name="bench1"),
+            WeightPublisher() as publisher,
+        ):
+            dispatcher.run(work(f"warm2-{model.name}", 2, 1, 4), 600)  # one item each: both warm
+            for version in range(1, updates + 1):
+                announce = publisher.publish(version, perturbed(base, version))
+                items = work(f"two{version}-{model.name}", 2, 1, 1, version=version)
+                start, end = dispatcher.run(items, 600, announce)
+                groups = [dispatcher.groups[item.id][1] for item in items]
+                assert {g.policy_version for g in groups} == {version}
+                assert {g.generator_id for g in groups} == {"bench0", "bench1"}
+                times.append(end - start)
+    finally:
+        dispatcher.close()
+    print(
+        f"weight update to 2 generators, {model.name}: announcement -> a v+1 group from each "
+        f"{', '.join(f'{t:.3f}' for t in times)} s (best {min(times):.3f})"
+    )
+    return min(times)
+
+
 def cpu_split(generator: int) -> tuple[float, float]:
     """CPU seconds so far: the generator with its engine; this process (publisher, dispatcher)."""
     theirs = tree_cpu_seconds(generator)
@@ -500,9 +542,11 @@ def main() -> None:
                 bench_weight_update(tiny, dispatcher, generator, lines, args.updates)
             with serving(big, judge_address, 4) as (dispatcher, generator, lines):
                 update_s, raw_s = bench_weight_update(big, dispatcher, generator, lines, args.updates)
+            two_s = bench_update_two_generators(big, judge_address, args.updates)
     print(
         f"generator: throughput_ratio={ratio:.3f} weight_update_s={update_s:.3f} "
-        f"weight_update_ratio={update_s / raw_s:.2f}"
+        f"weight_update_ratio={update_s / raw_s:.2f} update_2gen_ratio={two_s / update_s:.2f} "
+        f"update_path={UPDATE_PATH}"
     )
 
 

@@ -382,6 +382,7 @@ class Engine:
             rest = [e for e in weight_set.entries if e.name not in reload.loaded]
             parts = self._loader.step(weight_set.path, rest, begin=False, end=True)
             self._reload = None
+        parts["prefix_cache_reset_s"] = self._reset_prefix_cache()
         self.llm.llm_engine.set_weight_version(str(weight_set.version))
         self.version = weight_set.version
         self.whole = True
@@ -401,6 +402,15 @@ class Engine:
             **{k: round(v, 3) for k, v in parts.items()},
         )
         return seconds
+
+    def _reset_prefix_cache(self) -> float:
+        """Drop every cached KV block; returns the seconds it took. Blocks computed under the old
+        weights would otherwise serve the prompts that share their prefix (a system prompt, a
+        group's n samples): sampled from a mix of two policies, reported as the new one."""
+        started = time.monotonic()
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache after a reload (requests running?)")
+        return time.monotonic() - started
 
     def warm_reload(self, files: WeightFiles) -> None:
         """Reload the weights the engine started with, once, the way updates are loaded.

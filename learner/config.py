@@ -28,7 +28,7 @@ class ModelConfig(Section):
     # auto: bfloat16 on a GPU, float32 on the CPU (the CPU kernels have no fast bf16 path)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     gradient_checkpointing: bool = False
-    attn_implementation: str | None = None  # None: the model's default (sdpa)
+    attn_implementation: str | None = None  # None: flash_attention_2 on a GPU with flash-attn, else sdpa
 
 
 class OptimConfig(Section):
@@ -61,12 +61,20 @@ class GRPOConfig(Section):
 
 
 class BatchingConfig(Section):
-    # Padded tokens (rows x longest row) per forward/backward; a longer sequence goes alone.
+    # Tokens per forward/backward (padded: rows x longest row); a longer sequence goes alone.
     micro_batch_tokens: int = Field(default=16384, ge=1)
     # Log-probs and entropy go through the LM head this many tokens at a time: the fp32 logits of
     # a whole micro-batch (65,536 x 152,064 x 4 bytes = 40 GB) are never held at once. 512: the
     # largest chunk at which the head's weight gradient, not the chunk, sets the peak (bench.learner).
     logits_chunk_tokens: int = Field(default=512, ge=1)
+    # Sequences one after another in a row, no padding: "auto" where the attention kernel reads
+    # them apart from position ids alone (flash attention), so no T x T mask is built; "on" also
+    # under sdpa/eager (a block-diagonal mask per micro-batch); "off": padded rows.
+    packing: Literal["auto", "on", "off"] = "auto"
+    # Train a step's groups as they arrive, while the rest are still sampled and judged, where the
+    # gradient can be rescaled at the end (one rank, no ZeRO, fp32: Learner.streams); the update
+    # is the one of the whole batch at once.
+    stream: bool = True
 
 
 class CheckpointConfig(Section):

@@ -93,7 +93,9 @@ class TrainRecord(Record):
     optimizer_steps: int | None = None
     # time
     tokens_per_s: float | None = None
-    step_s: float | None = None
+    step_s: float | None = None  # from the batch complete to the update done
+    stream_s: float | None = None  # learner compute on the step's groups while the batch was coming
+    streamed_parts: int | None = None  # forward/backward rounds of those (the last one after the wait)
     wait_s: float | None = None
     # wait_s cut into consecutive parts (learner/orchestration/step_timeline.py)
     reload_s: float | None = None
@@ -102,6 +104,9 @@ class TrainRecord(Record):
     return_s: float | None = None
     publish_s: float | None = None
     time: float | None = None  # Unix seconds once the step's weights were out
+    # the step's judged groups and their completion tokens, by the generator that sampled them
+    generator_groups: dict[str, int] | None = None
+    generator_tokens: dict[str, int] | None = None
 
     @model_validator(mode="after")
     def _only_dispatch_counters(self) -> TrainRecord:

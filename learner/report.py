@@ -189,6 +189,21 @@ def total(values: Iterable[float | None]) -> float:
     return sum(v for v in values if v is not None)
 
 
+def work_by_generator(train: list[TrainRecord]) -> list[str]:
+    """Groups and completion tokens each generator gave over the run, and its fewest and most
+    groups in one step (where two or more generators shared the steps)."""
+    names = sorted({g for r in train for g in (r.generator_groups or {})})
+    if len(names) < 2:
+        return []
+    groups = {g: [(r.generator_groups or {}).get(g, 0) for r in train] for g in names}
+    tokens = {g: sum((r.generator_tokens or {}).get(g, 0) for r in train) for g in names}
+    lines = ["", "## Work by generator", "", "| generator | groups | tokens | groups per step (min-max) |"]
+    lines.append("|---|---|---|---|")
+    for g in names:
+        lines.append(f"| {g} | {sum(groups[g])} | {tokens[g]} | {min(groups[g])}-{max(groups[g])} |")
+    return lines
+
+
 def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path:
     train, evals = read_metrics(run_dir)
     plots = plot(run_dir, train, evals)
@@ -220,6 +235,7 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
                 f" | {mean('response_len_mean'):.0f} | {mean('tokens_per_s'):.0f} | {mean('step_s'):.2f}"
                 f" | {mean('wait_s'):.2f} | {parts} |"
             )
+    lines += work_by_generator(train)
     lines += ["", "## Where the time went", "", "| part | seconds |", "|---|---|"]
     for part, seconds in (timings or {}).items():
         lines.append(f"| {part} | {seconds:.0f} |")

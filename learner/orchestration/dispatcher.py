@@ -26,7 +26,7 @@ from proto.message import Message
 from proto.rollout import RolloutGroup, WorkAborted
 from proto.sockets import Request, Server, SocketLimits
 from proto.weights import WeightAnnounce
-from proto.work import Credit, WorkBatch, WorkCancel
+from proto.work import Credit, WorkBatch, WorkCancel, WorkItem
 
 log = structlog.get_logger("learner.dispatcher")
 
@@ -45,6 +45,21 @@ class GeneratorSeen:
         """Is this Hello a reconnection of the process already known (which still holds its work),
         rather than a new process under the same id (which holds nothing)?"""
         return hello.pid != 0 and (hello.host, hello.pid) == self.process
+
+
+def fair_shares(free: dict[str, int], wanted: int) -> dict[str, int]:
+    """How many of `wanted` items each generator gets: in proportion to its free credits (the
+    largest remainders get the items left over), never more than those. A step's work is then
+    spread over every generator with room, not taken whole by the first one that asks."""
+    total = sum(free.values())
+    if wanted >= total:
+        return dict(free)
+    exact = {g: wanted * n / total for g, n in free.items()}
+    shares = {g: int(x) for g, x in exact.items()}
+    by_remainder = sorted(free, key=lambda g: (-(exact[g] - shares[g]), -free[g], g))
+    for g in by_remainder[: wanted - sum(shares.values())]:
+        shares[g] += 1
+    return {g: n for g, n in shares.items() if n > 0}
 
 
 class Dispatcher:
@@ -84,11 +99,16 @@ class Dispatcher:
         self._thread.start()
         return self
 
-    def take_batch(self, timeout_s: float) -> Batch:
-        """Block until the batch of the next step is ready; TimeoutError after `timeout_s`."""
+    def take_batch(
+        self, timeout_s: float, on_ready: Callable[[list[RolloutGroup]], None] | None = None
+    ) -> Batch:
+        """Block until the batch of the next step is ready; TimeoutError after `timeout_s`.
+        `on_ready` gets the groups certain to train in it as they come in, each once, called
+        without the lock (the dispatcher goes on accepting meanwhile)."""
         deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while True:
+        handed: set[str] = set()
+        while True:
+            with self._changed:
                 if not self._thread.is_alive():
                     raise RuntimeError("the dispatcher thread has stopped")
                 taken = self.ledger.take_batch()
@@ -96,14 +116,20 @@ class Dispatcher:
                     batch, cancel = taken
                     self._queue_cancels(cancel, "no longer trainable")
                     return batch
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"no batch for step {self.ledger.on_policy.next_step} within {timeout_s:.0f} s: "
-                        f"{len(self.ledger.ready)} groups ready, {len(self.ledger.leases)} out, "
-                        f"{len(self.generators)} generators connected"
-                    )
-                self._changed.wait(min(remaining, 1.0))
+                fresh = [] if on_ready is None else self.ledger.bound_to_train(exclude=handed)
+                if not fresh:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"no batch for step {self.ledger.on_policy.next_step} within {timeout_s:.0f} s: "
+                            f"{len(self.ledger.ready)} groups ready, {len(self.ledger.leases)} out, "
+                            f"{len(self.generators)} generators connected"
+                        )
+                    self._changed.wait(min(remaining, 1.0))
+                    continue
+            assert on_ready is not None
+            handed |= {g.work_id for g in fresh}
+            on_ready(fresh)
 
     def publish(self, announcement: WeightAnnounce) -> None:
         """A new policy version is ready to be fetched: tell every generator, then issue work for it."""
@@ -286,14 +312,20 @@ class Dispatcher:
             del self.generators[generator_id]
         for book in self._books():
             self._queue_cancels(book.expire(lost), "lease expired")
-        for generator_id, seen in self.generators.items():
-            if seen.credits <= 0:
-                continue
-            items = self.eval_round.issue(generator_id, seen.credits) if self.eval_round is not None else []
-            items += self.ledger.issue(generator_id, seen.credits - len(items))
-            if items:
-                seen.credits -= len(items)
-                self._outbox.append((generator_id, WorkBatch(items=items)))
+        free = {g: seen.credits for g, seen in self.generators.items() if seen.credits > 0}
+        if not free:
+            return
+        items: dict[str, list[WorkItem]] = {g: [] for g in free}
+        if self.eval_round is not None:
+            for generator_id, share in fair_shares(free, len(self.eval_round.queue)).items():
+                items[generator_id] += self.eval_round.issue(generator_id, share)
+        left = {g: n - len(items[g]) for g, n in free.items()}
+        for generator_id, share in fair_shares(left, self.ledger.wanted()).items():
+            items[generator_id] += self.ledger.issue(generator_id, share)
+        for generator_id, issued in items.items():
+            if issued:
+                self.generators[generator_id].credits -= len(issued)
+                self._outbox.append((generator_id, WorkBatch(items=issued)))
 
     def _queue_cancels(self, cancel: dict[str, list[str]], reason: str) -> None:
         for generator_id, work_ids in cancel.items():

@@ -25,7 +25,7 @@ from learner.orchestration.evaluation import EvalRound
 from learner.orchestration.loop import BatchSource, Taken, run_loop
 from learner.orchestration.prompts import Prompt, load_prompts
 from learner.orchestration.schedule import Stage
-from learner.orchestration.step_timeline import wait_parts
+from learner.orchestration.step_timeline import by_generator, wait_parts
 from learner.orchestration.work_ledger import WorkLedger, split_work_id
 from learner.training.checkpoint import CheckpointState
 from learner.training.grpo import Batch
@@ -33,6 +33,7 @@ from learner.training.publisher import WeightPublisher
 from learner.training.trainer import Learner
 from proto.curve import CurveServerKeys
 from proto.ready import announce_ready
+from proto.rollout import RolloutGroup
 from proto.weights import WeightAnnounce
 from proto.work import SamplingParams
 
@@ -233,7 +234,17 @@ class ScheduleSource(BatchSource):
         stage = self.cfg.schedule.stages[stage_index]
         self.counts_before = self.dispatcher.counts()
         waited, waited_from = time.perf_counter(), time.time()
-        batch = self.dispatcher.take_batch(self.cfg.dispatch.batch_timeout_s)
+        on_ready = None
+        if self.learner.streams:
+
+            def on_ready(groups: list[RolloutGroup]) -> None:
+                self.learner.stream(groups, mask_truncated=stage.mask_truncated)
+
+        try:
+            batch = self.dispatcher.take_batch(self.cfg.dispatch.batch_timeout_s, on_ready=on_ready)
+        except BaseException:
+            self.learner.drop_stream()
+            raise
         wait_s = time.perf_counter() - waited
         step = self.learner.step
         check_batch(batch, step, stage_index, ledger.on_policy)
@@ -246,6 +257,7 @@ class ScheduleSource(BatchSource):
             "epoch": split_work_id(batch.groups[0].work_id)[1],
             "wait_s": wait_s,
             **wait_parts(batch.groups, waited_from, waited_from + wait_s),
+            **by_generator(batch.groups),
         }
         return Taken(batch, lr=stage.learning_rate, mask_truncated=stage.mask_truncated, fields=fields)
 

@@ -1,4 +1,5 @@
-"""Where a step's wait for its batch went, from the wall-clock stamps its groups carry.
+"""Where a step's wait for its batch went, from the wall-clock stamps its groups carry, and which
+generator sampled what.
 
 A generator stamps each group (Unix seconds) when its prompt entered the engine (`started_at`),
 when its samples were out (`sampled_at`) and when its last verdict came back (`judged_at`). The
@@ -16,6 +17,8 @@ start. Groups without stamps (an older generator) leave the parts out.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 from proto.rollout import RolloutGroup
 
@@ -37,3 +40,12 @@ def wait_parts(groups: list[RolloutGroup], waited_from: float, ready_at: float) 
         marks.append(min(max(at, marks[-1]), ready_at))
     names = ("reload_s", "generate_s", "judge_s", "return_s")
     return {name: round(marks[i + 1] - marks[i], 6) for i, name in enumerate(names)}
+
+
+def by_generator(groups: list[RolloutGroup]) -> dict[str, dict[str, int]]:
+    """{generator_groups, generator_tokens}: the groups and completion tokens each generator gave."""
+    counted: Counter[str] = Counter(g.generator_id for g in groups)
+    tokens: Counter[str] = Counter()
+    for g in groups:
+        tokens[g.generator_id] += sum(len(c.token_ids) for c in g.completions)
+    return {"generator_groups": dict(counted), "generator_tokens": dict(tokens)}

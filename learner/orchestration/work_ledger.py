@@ -281,6 +281,18 @@ class WorkLedger(LeaseBook):
                 self.counts["cancelled"] += 1
         return batch, dict(cancel)
 
+    def bound_to_train(self, exclude: set[str]) -> list[RolloutGroup]:
+        """Ready groups (not in `exclude`) that the next `take_batch` will train, whatever else
+        comes back first: ready only grows until then, the batch is its first groups, and the
+        clock that decides what is admissible does not move before it."""
+        return [
+            g
+            for g in self.ready[: self.stage.batch_prompts]
+            if g.work_id not in exclude
+            and g.work_id not in self.kept
+            and self.on_policy.admits(g.policy_version)
+        ]
+
     def _held_at_epoch_end(self) -> bool:
         """Is the next epoch waiting for the groups in hand, with nothing more of this one to come?"""
         order = self.orders[self.stage_index]

@@ -1,9 +1,15 @@
-"""Rollouts to padded tensors, in micro-batches bounded by a token budget.
+"""Rollouts to tensors, in micro-batches bounded by a token budget, padded or packed.
 
-Each completion becomes one row `prompt + completion`, right-padded. Sequences are bucketed by
-length (longest first) so that rows x longest row stays within `micro_batch_tokens`; padding
-is then small and a 32K response simply travels alone. Only positions that predict a response
-token are kept for the vocabulary projection (`keep`), so prompts cost no logits.
+Padded (`collate`): each completion becomes one row `prompt + completion`, right-padded.
+Sequences are bucketed by length (longest first) so that rows x longest row stays within
+`micro_batch_tokens`; padding is then small and a 32K response simply travels alone.
+
+Packed (`pack`): the sequences of a micro-batch follow each other in one row, with position ids
+that restart at 0 for each and no attention mask. A varlen attention kernel (flash attention)
+reads the sequence boundaries off the position ids: no padding, no T x T mask.
+
+Either way only positions that predict a response token are kept for the vocabulary projection
+(`keep`), so prompts cost no logits.
 """
 
 from __future__ import annotations
@@ -87,10 +93,27 @@ def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[i
     return batches
 
 
+def plan_packed(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped so that each group's total length is <= token_budget (a longer sequence
+    goes alone): first fit, longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        fit = next((b for b, free in enumerate(room) if lengths[i] <= free), None)
+        if fit is None:
+            batches.append([i])
+            room.append(token_budget - lengths[i])
+        else:
+            batches[fit].append(i)
+            room[fit] -= lengths[i]
+    return batches
+
+
 @dataclass
 class MicroBatch:
-    input_ids: Tensor  # [B, T] int64, right-padded
-    attention_mask: Tensor  # [B, T]
+    input_ids: Tensor  # [B, T] int64: right-padded rows, or one packed row (B = 1)
+    attention_mask: Tensor | None  # [B, T]; None when packed
     keep: Tensor  # [K] positions whose logits predict a response token
     targets: Tensor  # [B, K] the token each kept position predicts
     loss_mask: Tensor  # [B, K] 1 where the token trains
@@ -98,6 +121,11 @@ class MicroBatch:
     advantages: Tensor  # [B, K]
     sampler_logp: Tensor  # [B, K]
     num_tokens: int  # real (unpadded) tokens, prompts included
+    position_ids: Tensor | None = None  # [1, T] when packed: restarting at 0 for each sequence
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
 
     def to(self, device: torch.device | str) -> MicroBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -142,7 +170,56 @@ def collate(samples: Sequence[SequenceSample], pad_id: int = 0) -> MicroBatch:
     )
 
 
-def micro_batches(samples: Sequence[SequenceSample], token_budget: int, pad_id: int = 0) -> list[MicroBatch]:
+def pack(samples: Sequence[SequenceSample]) -> MicroBatch:
+    """The samples one after another in a single row [1, T], T = their total length."""
+    ids = np.concatenate([np.concatenate([s.prompt, s.completion]) for s in samples]).astype(np.int64)
+    positions = np.concatenate([np.arange(s.length) for s in samples])
+    # logits at a sequence's position p-1+j predict its completion[j]
+    starts = np.cumsum([0] + [s.length for s in samples[:-1]])
+    keep = np.concatenate(
+        [
+            start + len(s.prompt) - 1 + np.arange(len(s.completion))
+            for start, s in zip(starts, samples, strict=True)
+        ]
+    )
+    per_token = [
+        (
+            np.ones(len(s.completion)) * float(s.trained),
+            np.full(len(s.completion), s.advantage),
+            s.sampler_logp,
+        )
+        for s in samples
+    ]
+
+    def row(values: list[np.ndarray]) -> Tensor:
+        return torch.from_numpy(np.concatenate(values).astype(np.float32)).unsqueeze(0)
+
+    input_ids = torch.from_numpy(ids).unsqueeze(0)
+    keep_t = torch.from_numpy(keep.astype(np.int64))
+    return MicroBatch(
+        input_ids=input_ids,
+        attention_mask=None,
+        keep=keep_t,
+        targets=input_ids[:, keep_t + 1],
+        loss_mask=row([m for m, _, _ in per_token]),
+        valid_mask=torch.ones((1, len(keep))),
+        advantages=row([a for _, a, _ in per_token]),
+        sampler_logp=row([lp for _, _, lp in per_token]),
+        num_tokens=len(ids),
+        position_ids=torch.from_numpy(positions.astype(np.int64)).unsqueeze(0),
+    )
+
+
+def micro_batches(
+    samples: Sequence[SequenceSample], token_budget: int, pad_id: int = 0, *, packed: bool = False
+) -> list[MicroBatch]:
+    """Micro-batches of at most `token_budget` tokens: packed rows (real tokens count) or padded
+    rows (rows x longest row count)."""
+    if packed:
+        return [
+            pack([samples[i] for i in batch])
+            for batch in plan_packed([s.length for s in samples], token_budget)
+        ]
     plan = plan_micro_batches([s.length for s in samples], token_budget)
     return [collate([samples[i] for i in batch], pad_id) for batch in plan]
 
@@ -178,4 +255,5 @@ def idle_micro_batch(like: MicroBatch | None, pad_id: int = 0) -> MicroBatch:
         advantages=zero,
         sampler_logp=zero,
         num_tokens=0,
+        position_ids=like.position_ids,
     )

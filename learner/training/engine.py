@@ -8,6 +8,7 @@ gradients and `step` is the boundary, so one learner step may hold any number of
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import socket
 from collections.abc import Iterator
@@ -169,10 +170,19 @@ class LinearWarmup:
         return 1.0 if self.warmup_steps <= 0 else min(1.0, (step + 1) / self.warmup_steps)
 
 
+def default_attention() -> str | None:
+    """flash_attention_2 on a GPU where the flash-attn package is installed (packed micro-batches
+    need it to skip the T x T mask); else None, the model's own default (sdpa)."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
+
+
 def load_model(path: Path, cfg: LearnerConfig) -> PreTrainedModel:
     kwargs: dict[str, Any] = {"dtype": training_dtype(cfg)}
-    if cfg.model.attn_implementation is not None:
-        kwargs["attn_implementation"] = cfg.model.attn_implementation
+    attention = cfg.model.attn_implementation or default_attention()
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
@@ -422,10 +432,24 @@ def sequence_logprobs(
         logp, entropy = model(
             input_ids=mb.input_ids,
             attention_mask=mb.attention_mask,
+            position_ids=mb.position_ids,  # packed: where each sequence starts, for the kernel
             logits_to_keep=mb.keep[:0],
             use_cache=False,
         )
     return logp, entropy
+
+
+# Attention kernels that take packed rows as separate sequences from their position ids alone
+# (varlen): no mask at all. Others (sdpa, eager) need a block-diagonal T x T mask for them.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+
+
+def packs_sequences(packing: str, attn_implementation: str | None) -> bool:
+    """Whether micro-batches are packed rows: `packing` "on"/"off", or "auto" (where the model's
+    attention kernel reads packed rows without a mask)."""
+    if packing == "auto":
+        return attn_implementation in VARLEN_ATTENTION
+    return packing == "on"
 
 
 class PolicyEngine:
@@ -440,6 +464,7 @@ class PolicyEngine:
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = int(model.config.pad_token_id or 0)
+        self.packed = packs_sequences(cfg.batching.packing, model.config._attn_implementation)
         warmup = LinearWarmup(cfg.optim.warmup_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
@@ -461,6 +486,8 @@ class PolicyEngine:
             parameters=sum(p.numel() for p in model.parameters()),
             reference=self.reference is not None,
             optimizer=optimizer_name(self.engine.basic_optimizer),
+            attention=model.config._attn_implementation,
+            packed=self.packed,
         )
 
     @property
@@ -509,6 +536,16 @@ class PolicyEngine:
 
     def zero_grad(self) -> None:
         self.engine.zero_grad()
+
+    @torch.no_grad()
+    def scale_gradients(self, factor: float) -> None:
+        """Multiply the accumulated gradients in place (only where they are whole in `.grad`:
+        no ZeRO, no mixed precision)."""
+        if self.engine.zero_optimization() or self.engine.bfloat16_enabled() or self.engine.fp16_enabled():
+            raise RuntimeError("scale_gradients: the gradients are not plain .grad tensors here")
+        for p in self.module.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
 
     @property
     def lr(self) -> float:

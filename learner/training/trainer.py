@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from learner.training.grpo import (
     token_loss,
 )
 from learner.training.ranks import SAVE, STEP, STOP, WEIGHTS, RankGroup
+from proto.rollout import RolloutGroup
 
 log = structlog.get_logger("learner.trainer")
 
@@ -57,6 +58,59 @@ class PreparedBatch:
     loss_tokens: int  # global: tokens that carry gradient, the loss's denominator
     valid_tokens: int  # global: every response token of the trained groups
     tokens: int  # global: every token of the step's sequences, prompts included
+
+
+@dataclass
+class Stream:
+    """What a step trained before its batch was complete: the groups, and the measures of their
+    micro-batches as sums over tokens (the step's means are taken at the end)."""
+
+    parts: int = 0
+    work_ids: set[str] = field(default_factory=set)
+    loss_tokens: int = 0
+    valid_tokens: int = 0
+    tokens: int = 0
+    micro_batches: int = 0
+    seconds: float = 0.0  # of learner compute while the batch was still coming
+    sums: Counter[str] = field(default_factory=Counter)
+    mismatch_max: float = 0.0
+
+    def add(
+        self, groups: list[RolloutGroup], part: PreparedBatch, out: dict[str, Any], seconds: float
+    ) -> None:
+        self.parts += 1
+        self.work_ids |= {g.work_id for g in groups}
+        self.loss_tokens += part.loss_tokens
+        self.valid_tokens += part.valid_tokens
+        self.tokens += part.tokens
+        self.micro_batches += len(part.micro_batches)
+        self.seconds += seconds
+        if out:  # accumulate's means, over this part's tokens, back to sums
+            for key in ("loss", "kl"):
+                if key in out:
+                    self.sums[key] += out[key] * max(part.loss_tokens, 1)
+            for key in ("entropy", "logprob_mismatch", "logprob_mismatch_kl"):
+                self.sums[key] += out[key] * max(part.valid_tokens, 1)
+            self.mismatch_max = max(self.mismatch_max, out["logprob_mismatch_max"])
+
+    def measures(self) -> dict[str, Any]:
+        """The step's record fields, as `Learner._update` gives them."""
+        by_loss, by_valid = max(self.loss_tokens, 1), max(self.valid_tokens, 1)
+        out: dict[str, Any] = {
+            "loss": self.sums["loss"] / by_loss,
+            "entropy": self.sums["entropy"] / by_valid,
+            "logprob_mismatch": self.sums["logprob_mismatch"] / by_valid,
+            "logprob_mismatch_max": self.mismatch_max,
+            "logprob_mismatch_kl": self.sums["logprob_mismatch_kl"] / by_valid,
+            "micro_batches": self.micro_batches,
+            "tokens": self.tokens,
+            "loss_tokens": self.loss_tokens,
+            "stream_s": self.seconds,
+            "streamed_parts": self.parts,
+        }
+        if "kl" in self.sums:
+            out["kl"] = self.sums["kl"] / by_loss
+        return out
 
 
 def _all_reduce_max(value: Tensor) -> Tensor:
@@ -88,6 +142,7 @@ class Learner:
                 f"start it with `torchrun --nproc-per-node {cfg.ranks}` (acerl run does)"
             )
         self.engine = engine or PolicyEngine(cfg)
+        self._stream = Stream()
 
     @property
     def step(self) -> int:
@@ -118,7 +173,8 @@ class Learner:
 
     def prepare_share(self, share: list[SequenceSample]) -> PreparedBatch:
         """This rank's micro-batches and the step's global token counts (every rank calls it)."""
-        mbs = micro_batches(share, self.cfg.batching.micro_batch_tokens, self.engine.pad_id) if share else []
+        budget = self.cfg.batching.micro_batch_tokens
+        mbs = micro_batches(share, budget, self.engine.pad_id, packed=self.engine.packed) if share else []
         local = torch.tensor(
             [
                 sum(float(mb.loss_mask.sum()) for mb in mbs),
@@ -141,13 +197,15 @@ class Learner:
         *,
         old_logps: list[Tensor] | None = None,
         ref_logps: list[Tensor] | None = None,
+        loss_scale: float | None = None,
     ) -> dict[str, Any]:
         """Forward and backward over every micro-batch, gradients adding up to those of the loss
-        over the whole global batch. Without `old_logps` this is the first (on-policy) update and
-        it returns them, with the diagnostics."""
+        over the whole global batch (`loss_scale` 1: of the summed loss, to be scaled later).
+        Without `old_logps` this is the first (on-policy) update and it returns them, with the
+        diagnostics."""
         g = self.cfg.grpo
         first = old_logps is None
-        scale = world_size() / max(batch.loss_tokens, 1)  # DeepSpeed averages gradients over ranks
+        scale = world_size() / max(batch.loss_tokens, 1) if loss_scale is None else loss_scale
         device = self.engine.device
         new_old: list[Tensor] = []
         new_ref: list[Tensor] = []
@@ -228,11 +286,14 @@ class Learner:
         and the weights stayed as they were (learner/on_policy.py says why the version moves on)."""
         started = time.perf_counter()
         temperature = batch.temperature if temperature is None else temperature
-        samples = self.samples(batch, mask_truncated=mask_truncated)
         metrics = self._batch_metrics(batch)
-        shares = split_by_tokens(samples, self.ranks.size)
-        share = self.ranks.tell(STEP, [(s, temperature, lr) for s in shares])[0]
-        metrics.update(self._update(share, temperature, lr, started))
+        if self._stream.parts:
+            metrics.update(self._finish_stream(batch, temperature, mask_truncated, lr, started))
+        else:
+            samples = self.samples(batch, mask_truncated=mask_truncated)
+            shares = split_by_tokens(samples, self.ranks.size)
+            share = self.ranks.tell(STEP, [(s, temperature, lr) for s in shares])[0]
+            metrics.update(self._update(share, temperature, lr, started))
         if metrics["trained"]:
             log.info(
                 "train_step",
@@ -248,6 +309,93 @@ class Learner:
                 step_s=round(metrics["step_s"], 3),
             )
         return metrics
+
+    # ---- streaming: the groups of a step trained while the rest are still sampled -----------
+
+    @property
+    def streams(self) -> bool:
+        """Whether a step's groups may train as they arrive (`batching.stream`). The loss is a mean
+        over the whole step's tokens, a count known only once the batch is complete: the streamed
+        parts back-propagate the summed loss and the gradient is scaled once, in place, at the
+        end. That needs the whole fp32 gradient in the parameters' `.grad`: one rank, no ZeRO
+        partitioning, no mixed precision, and one update per batch."""
+        e = self.engine.engine
+        return (
+            self.cfg.batching.stream
+            and self.ranks.size == 1
+            and self.cfg.grpo.updates_per_batch == 1
+            and not (e.zero_optimization() or e.bfloat16_enabled() or e.fp16_enabled())
+        )
+
+    def stream(self, groups: list[RolloutGroup], *, mask_truncated: bool | None = None) -> None:
+        """Forward and backward now over `groups`, trained groups of the coming step's batch."""
+        if not self.streams:
+            raise RuntimeError("learner.stream: this learner cannot stream (see Learner.streams)")
+        started = time.perf_counter()
+        batch = Batch(trained=groups)
+        part = self.prepare(batch, mask_truncated=mask_truncated)
+        out = self.accumulate(part, batch.temperature, loss_scale=1.0) if part.loss_tokens else {}
+        self._stream.add(groups, part, out, time.perf_counter() - started)
+
+    def drop_stream(self) -> None:
+        """Forget what was streamed (the batch it was for will not come): no gradient is left."""
+        if self._stream.parts:
+            self.engine.zero_grad()
+        self._stream = Stream()
+
+    def _finish_stream(
+        self, batch: Batch, temperature: float, mask_truncated: bool | None, lr: float | None, started: float
+    ) -> dict[str, Any]:
+        """The step of a batch whose first groups were streamed: the rest, then one update."""
+        stream, self._stream = self._stream, Stream()
+        trained = {g.work_id for g in batch.trained}
+        if not stream.work_ids <= trained:  # never expected: start over rather than train a stranger
+            log.warning("stream_discarded", groups=sorted(stream.work_ids - trained)[:10])
+            self.engine.zero_grad()
+            return self._update(self.samples(batch, mask_truncated=mask_truncated), temperature, lr, started)
+        rest = [g for g in batch.trained if g.work_id not in stream.work_ids]
+        if lr is not None:
+            self.engine.set_lr(lr)
+        lr_used = self.engine.lr
+        try:
+            if rest:
+                part = self.prepare(Batch(trained=rest), mask_truncated=mask_truncated)
+                out = self.accumulate(part, temperature, loss_scale=1.0) if part.loss_tokens else {}
+                stream.add(rest, part, out, 0.0)
+            if stream.loss_tokens == 0:
+                self.engine.zero_grad()
+                return self._skipped(started)
+            self.engine.scale_gradients(1.0 / stream.loss_tokens)
+            grad_norm = self.engine.step()
+        except BaseException:
+            self.engine.zero_grad()
+            raise
+        step_s = time.perf_counter() - started
+        return {
+            "ranks": 1,
+            "trained": True,
+            **stream.measures(),
+            "grad_norm": grad_norm,
+            "lr": lr_used,
+            "optimizer_steps": self.engine.optimizer_steps,
+            "new_version": self.on_policy.finish(),
+            "step_s": step_s,
+            "tokens_per_s": stream.tokens / (step_s + stream.seconds),
+        }
+
+    def _skipped(self, started: float) -> dict[str, Any]:
+        """A step in which no token carried gradient: the clock moves on, the weights stay."""
+        step = self.step
+        version = self.on_policy.finish()
+        if self.ranks.leads:
+            log.warning("step_skipped", step=step, version=version, reason="no token carries gradient")
+        return {
+            "ranks": self.ranks.size,
+            "trained": False,
+            "new_version": version,
+            "step_s": time.perf_counter() - started,
+            **dict.fromkeys(UNMEASURED, None),  # written as null: nothing to measure
+        }
 
     def follow(self) -> None:
         """On a rank other than 0: do what rank 0 says until it says stop."""
@@ -279,13 +427,7 @@ class Learner:
         if lr is not None:
             self.engine.set_lr(lr)
         if prepared.loss_tokens == 0:
-            step = self.step
-            version = self.on_policy.finish()
-            metrics.update(trained=False, new_version=version, step_s=time.perf_counter() - started)
-            metrics.update(dict.fromkeys(UNMEASURED, None))  # written as null: nothing to measure
-            if self.ranks.leads:
-                log.warning("step_skipped", step=step, version=version, reason="no token carries gradient")
-            return metrics
+            return self._skipped(started)
         lr_used = self.engine.lr
         grad_norms = []
         try:

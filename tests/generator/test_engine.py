@@ -322,6 +322,46 @@ def test_a_compiled_engine_samples_an_update_as_a_fresh_engine_does(
         compiled.close()
 
 
+LONG_PROMPT = "Add these up, one at a time: " + " + ".join(str(i) for i in range(40)) + "."
+
+
+def _long_probe(engine: Engine) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Four seeded samples of one long prompt: (prompt, tokens, log-probs) each."""
+    prompt = engine.render_prompt(LONG_PROMPT, None, True)
+    params = engine.sampling_params(SamplingParams(n=4, max_tokens=16, temperature=1.0, seed=5), len(prompt))
+    (finished,) = run(engine, [(prompt, params)])
+    assert finished.samples is not None
+    return [(prompt, s.token_ids, s.logprobs) for s in finished.samples]
+
+
+def test_a_reload_empties_the_prefix_cache(tiny_model_dir: Path, v1_model_dir: Path) -> None:
+    """With prefix caching on, the KV of a prompt computed under v0 would serve v1's samples of it.
+    A reload that kept the cache shows it (the control); the engine's own reload samples with the
+    log-probs of the v1 weights (transformers on the v1 files)."""
+    v1 = AutoModelForCausalLM.from_pretrained(v1_model_dir, dtype=torch.float32).eval()
+
+    def off_by(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+        return max(
+            float(np.max(np.abs(reference_logprobs(v1, prompt, tokens, 1.0) - logprobs)))
+            for prompt, tokens, logprobs in samples
+        )
+
+    args = {**ENGINE_ARGS, "enable_prefix_caching": True, "block_size": 32}  # 32: the CPU backend's least
+    cached = Engine(tiny_model_dir, EngineConfig(max_model_len=512, in_process=False, args=args))
+    try:
+        assert cached.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+        assert len(cached.render_prompt(LONG_PROMPT, None, True)) > 64  # two full blocks at least
+        _long_probe(cached)  # fills the cache under v0
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cached.llm, "reset_prefix_cache", lambda: True)  # a reload that keeps it
+            _load_v1(cached, v1_model_dir)
+        assert off_by(_long_probe(cached)) > 1e-3, "the cache was not used: this test shows nothing"
+        _load_v1(cached, v1_model_dir)
+        assert off_by(_long_probe(cached)) < LOGPROB_ATOL
+    finally:
+        cached.close()
+
+
 def _load_v1(engine: Engine, v1_model_dir: Path) -> None:
     publisher = ScriptedPublisher()
     try:

@@ -6,9 +6,12 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from learner.orchestration.dispatcher import Dispatcher
+from learner.orchestration.dispatcher import Dispatcher, fair_shares
 from learner.orchestration.schedule import Schedule
+from learner.orchestration.step_timeline import by_generator
 from learner.orchestration.work_ledger import WorkLedger
 from proto import (
     Ack,
@@ -282,3 +285,46 @@ def test_a_push_that_fails_is_sent_again_once_the_generator_is_back(dispatcher: 
         assert pushed == [announcement]
     finally:
         back.close()
+
+
+@given(st.dictionaries(st.sampled_from("abcdef"), st.integers(1, 300), min_size=1), st.integers(0, 2000))
+def test_fair_shares_follow_the_free_credits(free: dict[str, int], wanted: int) -> None:
+    shares = fair_shares(free, wanted)
+    assert sum(shares.values()) == min(wanted, sum(free.values()))
+    for g, n in shares.items():
+        assert 0 < n <= free[g]
+        assert abs(n - min(wanted, sum(free.values())) * free[g] / sum(free.values())) < 1
+
+
+def test_three_generators_of_unequal_credits_share_a_step_by_their_room() -> None:
+    """Before, the first generator with credits took min(credits, wanted): one of them did the
+    whole step while the others waited."""
+    book = WorkLedger(Schedule(stages=[stage("m", steps=3, batch=12)], lease_s=60), [math_prompts(60)])
+    dispatcher = Dispatcher(book, heartbeat_timeout_s=5.0, limits=LIMITS).start()
+    credits = {"g0": 4, "g1": 8, "g2": 12}
+    gens = {name: ScriptedGenerator(dispatcher.address, name) for name in credits}
+    try:
+        for name, gen in gens.items():  # the first step goes to whoever asks first
+            gen.credit(credits[name])
+        first = {name: gen.collect(None, timeout_s=0.5) for name, gen in gens.items()}
+        assert sum(len(items) for items in first.values()) == 12
+        for name, items in first.items():
+            assert [gens[name].answer(i) for i in items] == ["accepted"] * len(items)
+            if items:
+                gens[name].credit(len(items))  # done with them: the room is back
+        assert len(dispatcher.take_batch(timeout_s=5).groups) == 12
+        # every generator's room is known when v1's work comes: 12 items over 4 : 8 : 12
+        dispatcher.publish(
+            WeightAnnounce(version=1, num_tensors=1, total_bytes=1, address="tcp://127.0.0.1:1")
+        )
+        second = {name: gen.collect(None, timeout_s=0.5) for name, gen in gens.items()}
+        assert {name: len(items) for name, items in second.items()} == {"g0": 2, "g1": 4, "g2": 6}
+        for name, items in second.items():
+            for item in items:
+                gens[name].answer(item)
+        batch = dispatcher.take_batch(timeout_s=5)
+        assert by_generator(batch.groups)["generator_groups"] == {"g0": 2, "g1": 4, "g2": 6}
+    finally:
+        for gen in gens.values():
+            gen.close()
+        dispatcher.stop()
