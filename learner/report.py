@@ -218,8 +218,8 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
             "## Training",
             "",
             "| stage | steps | accuracy (first → last) | response length | tokens/s | s per step: "
-            "train | wait | of it: reload | generate | judge | return |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "train after the wait | train during it | wait | of it: reload | generate | judge | return |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, records in by_stage.items():
 
@@ -233,15 +233,16 @@ def write_report(run_dir: Path, timings: dict[str, float] | None = None) -> Path
             lines.append(
                 f"| {name} | {len(records)} | {first:.3f} → {last:.3f}"
                 f" | {mean('response_len_mean'):.0f} | {mean('tokens_per_s'):.0f} | {mean('step_s'):.2f}"
-                f" | {mean('wait_s'):.2f} | {parts} |"
+                f" | {mean('stream_s'):.2f} | {mean('wait_s'):.2f} | {parts} |"
             )
     lines += work_by_generator(train)
     lines += ["", "## Where the time went", "", "| part | seconds |", "|---|---|"]
     for part, seconds in (timings or {}).items():
         lines.append(f"| {part} | {seconds:.0f} |")
     lines += [
-        f"| learner steps ({len(train)}) | {total(r.step_s for r in train):.0f} |",
+        f"| learner steps ({len(train)}), after each wait | {total(r.step_s for r in train):.0f} |",
         f"| waiting for batches (generation, judging) | {total(r.wait_s for r in train):.0f} |",
+        f"| of it: training the groups already in | {total(r.stream_s for r in train):.0f} |",
         f"| publishing weights | {total(r.publish_s for r in train):.0f} |",
         f"| held-out evaluation ({len(evals)} evaluations) | {total(r.eval_s for r in evals):.0f} |",
     ]
