@@ -43,7 +43,10 @@ def test_report_tables_gains_and_plots(tmp_path: Path) -> None:
                 "response_len_max": 20,
                 "entropy": 1.0,
                 "step_s": 0.5,
+                "stream_s": 0.3,
                 "wait_s": 1.0,
+                "generator_groups": {"g0": 3, "g1": step},
+                "generator_tokens": {"g0": 30, "g1": 10 * step},
                 "reload_s": 0.1,
                 "generate_s": 0.6,
                 "judge_s": 0.2,
@@ -63,7 +66,11 @@ def test_report_tables_gains_and_plots(tmp_path: Path) -> None:
     assert "| building the tiny default | 12 |" in report
     assert "| held-out evaluation (8 evaluations) | 12 |" in report
     assert "| of it: avg@4 (8) | 12 |" in report
-    # per step: train, wait, and the wait's parts
-    assert "| 100 | 0.50 | 1.00 | 0.10 | 0.60 | 0.20 | 0.10 |" in report
+    # per step: train after the wait and during it, wait, and the wait's parts
+    assert "| 100 | 0.50 | 0.30 | 1.00 | 0.10 | 0.60 | 0.20 | 0.10 |" in report
+    steps = len([r for r in records if r["kind"] == "train"])
+    g1 = sum(r["generator_groups"]["g1"] for r in records if r["kind"] == "train")
+    assert f"| g0 | {3 * steps} | {30 * steps} | 3-3 |" in report
+    assert f"| g1 | {g1} | {10 * g1} | 0-{steps - 1} |" in report
     for name in ("reward", "response_length", "entropy", "heldout_accuracy", "step_time"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
