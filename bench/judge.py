@@ -6,17 +6,23 @@
     same interpreter, measured in the same run.
 (2) math: M (response, answer) pairs through the daemon with W_math workers, against
     math-verify's parse + verify called in this process on one core.
-Both comparisons alternate the two sides in rounds, so that the load of other programs on a
-shared machine falls on both alike; the times are summed over the rounds.
+(3) http: the same code submissions as (1), through the daemon's HTTP face (`POST /judge`, up to
+    64 requests at once from an aiohttp client) against through ZeroMQ (`JudgeClient`), with the
+    same daemon in the same run.
+The comparisons alternate their sides in rounds, so that the load of other programs on a
+shared machine falls on all alike; the times are summed over the rounds.
 
 Prints its figures, then as the last line:
     judge: code_overhead=<sandboxed time / bare time> math_per_core=<daemon rate per worker / in-process rate>
-Targets: code_overhead <= 1.3, math_per_core >= 0.8.
+           http_overhead=<HTTP time / ZeroMQ time>
+Targets: code_overhead <= 1.3, math_per_core >= 0.8, http_overhead <= 1.2.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import os
 import random
@@ -98,7 +104,7 @@ def math_pairs(count: int, rng: random.Random) -> list[tuple[str, str, bool]]:
 
 
 class Daemon:
-    def __init__(self, workers: int, address: str) -> None:
+    def __init__(self, workers: int, address: str, *fields: str) -> None:
         self.address = address
         command = [
             sys.executable,
@@ -108,6 +114,7 @@ class Daemon:
             f"bind={address}",
             f"workers={workers}",
             "stats_interval_s=3600",
+            *fields,
         ]
         self.process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
@@ -117,6 +124,8 @@ class Daemon:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("judge daemon did not start:\n" + "".join(self.log))
             time.sleep(0.05)
+        serving = next(line for line in self.log if "judge_serving" in line)
+        self.http: str = json.loads(serving).get("http") or ""  # the port the system picked
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -134,6 +143,31 @@ def judge_all(address: str, requests: list[JudgeRequest]) -> tuple[float, Counte
         verdicts = client.judge(requests, timeout_s=3600)
         elapsed = time.perf_counter() - start
     return elapsed, Counter(verdict.status for verdict in verdicts.values())
+
+
+def judge_all_http(
+    url: str, requests: list[JudgeRequest], concurrency: int = 64
+) -> tuple[float, Counter[str]]:
+    """The same as `judge_all`, one `POST /judge` per request, `concurrency` at once."""
+    import aiohttp
+
+    async def run() -> list[str]:
+        limit = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+
+            async def one(request: JudgeRequest) -> str:
+                async with limit:
+                    while True:
+                        async with session.post(f"{url}/judge", json=request.model_dump()) as reply:
+                            if reply.status != 503:
+                                return (await reply.json())["status"]
+                        await asyncio.sleep(0.05)
+
+            return await asyncio.gather(*(one(request) for request in requests))
+
+    start = time.perf_counter()
+    statuses = asyncio.run(run())
+    return time.perf_counter() - start, Counter(statuses)
 
 
 def chunks(items: list, rounds: int) -> list[list]:
@@ -208,23 +242,31 @@ def main() -> None:
         JudgeRequest(id=f"code-{i}", kind="code", response=response, tests=tests)
         for i in range(args.submissions)
     ]
-    bare_s = sandboxed_s = 0.0
+    bare_s = sandboxed_s = http_s = 0.0
     bare_passed = 0
     statuses: Counter[str] = Counter()
+    http_statuses: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as folder:
-        daemon = Daemon(args.workers, f"ipc://{folder}/bench-code.ipc")
+        daemon = Daemon(args.workers, f"ipc://{folder}/bench-code.ipc", "http.bind=127.0.0.1:0")
+        url = daemon.http
         try:
             judge_all(daemon.address, [r.model_copy(update={"id": f"warm-{r.id}"}) for r in requests[:4]])
+            judge_all_http(url, requests[:4])
+            sides = ("bare", "sandboxed", "http")
             for number, chunk in enumerate(chunks(requests, args.rounds)):
-                for side in ("bare", "sandboxed") if number % 2 == 0 else ("sandboxed", "bare"):
+                for side in sides[number % 3 :] + sides[: number % 3]:
                     if side == "bare":
                         elapsed, passed = bare_code(args.python, tests, len(chunk), args.workers)
                         bare_s += elapsed
                         bare_passed += passed
-                    else:
+                    elif side == "sandboxed":
                         elapsed, counted = judge_all(daemon.address, chunk)
                         sandboxed_s += elapsed
                         statuses += counted
+                    else:
+                        elapsed, counted = judge_all_http(url, chunk)
+                        http_s += elapsed
+                        http_statuses += counted
         finally:
             daemon.stop()
     n = args.submissions
@@ -236,7 +278,12 @@ def main() -> None:
         f"code sandboxed: same work through the daemon, {args.workers} workers, one jail per submission: "
         f"{sandboxed_s:.2f} s ({dict(statuses)}, {1000 * sandboxed_s / n:.1f} ms/submission)"
     )
+    print(
+        f"code over HTTP: same work through the daemon's POST /judge, 64 at once: "
+        f"{http_s:.2f} s ({dict(http_statuses)}, {1000 * http_s / n:.1f} ms/submission)"
+    )
     code_overhead = sandboxed_s / bare_s
+    http_overhead = http_s / sandboxed_s
 
     # (2) math, alternating in rounds as well
     pairs = math_pairs(args.math_pairs, rng)
@@ -276,7 +323,10 @@ def main() -> None:
         f"{per_worker:.0f} pairs/s per worker ({dict(statuses)})"
     )
     math_per_core = per_worker / local_rate
-    print(f"judge: code_overhead={code_overhead:.2f} math_per_core={math_per_core:.2f}")
+    print(
+        f"judge: code_overhead={code_overhead:.2f} math_per_core={math_per_core:.2f} "
+        f"http_overhead={http_overhead:.2f}"
+    )
 
 
 if __name__ == "__main__":

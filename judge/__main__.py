@@ -44,6 +44,17 @@ def build_parser(prog: str = "python -m judge") -> argparse.ArgumentParser:
     serve.add_argument(
         "--ready-file", type=Path, help="write the bound address here once serving (bind=...:* picks a port)"
     )
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve HTTP (SandboxFusion's /run_code, /judge, /health, /metrics); same as http.bind=",
+    )
+    serve.add_argument(
+        "--http-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer token clients must send (http.token_file=)",
+    )
     _common(serve)
     check = commands.add_parser(
         "check",
@@ -63,8 +74,13 @@ def build_parser(prog: str = "python -m judge") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m judge") -> int:
     args = parse_command_line(build_parser(prog), argv)
     configure_logging("judge", args.log_level)
+    overrides = list(args.overrides)
+    if getattr(args, "http", None):
+        overrides.append(f"http.bind={args.http}")
+    if getattr(args, "http_token_file", None):
+        overrides.append(f"http.token_file={args.http_token_file}")
     try:
-        config = load(JudgeConfig, args.config, args.overrides)
+        config = load(JudgeConfig, args.config, overrides)
     except ConfigError as exc:
         print(f"judge: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -18,7 +18,7 @@ from typing import Any
 
 from judge.compare import stdout_difference, value_difference
 from judge.extract import final_text, last_python_block
-from judge.jail import Jail, JailBroken
+from judge.jail import Jail, JailBroken, set_aside
 from judge.outcome import Outcome
 from judge.sandbox import Sandbox, TestLimits, resolve_limits
 from proto.judge import JudgeRequest, TestCase
@@ -117,8 +117,7 @@ def _run(
             return Outcome("time_limit", f"{where}: the jail stopped answering ({exc})")
         return Outcome("runtime_error", f"{where}: the jail died running the program ({jail.diagnostics()})")
     finally:
-        jail.release()
-        _closing.append((jail, time.monotonic()))
+        set_aside(jail)
 
 
 def _failure(
@@ -173,27 +172,3 @@ def _failure(
     if difference is not None:
         return Outcome("wrong_answer", f"{where}: {difference}")
     return None
-
-
-# Jails whose runner was told to stop: nsjail takes a few milliseconds to tear the namespaces
-# down, which need not delay the verdict. Every test process is already dead at this point.
-_closing: list[tuple[Jail, float]] = []
-LINGER_S = 5.0  # a released jail still running after this long is killed
-
-
-def reap_jails(wait_s: float = 0.0) -> None:
-    """Collect released jails that have exited; wait up to `wait_s` for the rest, then kill them."""
-    deadline = time.monotonic() + wait_s
-    while _closing:
-        now = time.monotonic()
-        for item in list(_closing):
-            jail, released = item
-            if jail.process.poll() is None and now < max(deadline, released + LINGER_S):
-                continue
-            if jail.process.poll() is None:
-                jail.kill()
-            jail.dispose()
-            _closing.remove(item)
-        if not _closing or time.monotonic() >= deadline:
-            return
-        time.sleep(0.01)

@@ -5,6 +5,7 @@ field, e.g. `sandbox.limits.time_limit_s: Input should be greater than 0`.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -54,6 +55,43 @@ class SandboxConfig(_Strict):
     limits: CodeLimits = CodeLimits()
 
 
+class HttpConfig(_Strict):
+    """The HTTP face (`judge/http_face.py`): a sandbox service's API beside the ZeroMQ one."""
+
+    bind: str | None = Field(default=None, description="HOST:PORT to serve HTTP on; none: no HTTP face")
+    token_file: Path | None = Field(
+        default=None, description="file holding the bearer token clients must send (required off loopback)"
+    )
+    request_timeout_s: float = Field(default=300.0, gt=0, description="longest an HTTP request may take")
+    max_body_mb: int = Field(default=16, ge=1, description="largest request body accepted (413 beyond)")
+    max_in_flight: int = Field(default=1024, ge=1, description="HTTP requests being served at once (503)")
+    max_batch: int = Field(default=256, ge=1, description="largest /judge/batch")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 when the queue is full")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpConfig:
+        if self.bind is None:
+            return self
+        host, colon, port = self.bind.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"bind: {self.bind!r} is not HOST:PORT")
+        if not _is_loopback_host(host.strip("[]")) and self.token_file is None:
+            raise ValueError(
+                f"token_file: serving HTTP on {self.bind} (off loopback) needs a bearer token file; "
+                "pass --http-token-file FILE or bind to 127.0.0.1"
+            )
+        return self
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class JudgeConfig(_Strict):
     bind: str = "tcp://127.0.0.1:5555"
     workers: int = Field(default=2, ge=1, le=1024)
@@ -69,3 +107,4 @@ class JudgeConfig(_Strict):
     curve_secret: Path | None = Field(default=None, description="server secret key file (CURVE)")
     curve_clients: Path | None = Field(default=None, description="directory of allowed client public keys")
     sandbox: SandboxConfig = SandboxConfig()
+    http: HttpConfig = HttpConfig()

@@ -1,11 +1,12 @@
 """`python -m judge serve`: the judge as a ZeroMQ ROUTER service.
 
 One thread owns the socket, the queue and the worker pool. Requests: `JudgeRequest` (answered
-with a `Verdict` on the same request id), `StatsRequest` (answered with `JudgeStats`). A full
-queue answers `Error(code="busy")` at once, holding nothing; a frame that is not a valid message
-gets `Error(code="bad_request")` from proto's Server. SIGTERM/SIGINT: stop taking requests
-(`Error(code="shutting_down")`), finish queued and running work for up to `drain_timeout_s`,
-answer what is left with `shutting_down`, and exit.
+with a `Verdict` on the same request id), `RunRequest` (answered with a `RunResult`),
+`StatsRequest` (answered with `JudgeStats`); the HTTP face (`judge/http_face.py`) is one more
+peer of the same socket. A full queue answers `Error(code="busy")` at once, holding nothing; a
+frame that is not a valid message gets `Error(code="bad_request")` from proto's Server.
+SIGTERM/SIGINT: stop taking requests (`Error(code="shutting_down")`), finish queued and running
+work for up to `drain_timeout_s`, answer what is left with `shutting_down`, and exit.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from types import FrameType
 import structlog
 
 from judge.config import JudgeConfig
-from judge.dispatch import Dispatcher
+from judge.dispatch import Answer, Dispatcher
+from judge.http_face import HttpFace
 from judge.pool import WorkerPool
 from judge.preflight import ready_sandbox
 from proto.control import Error
 from proto.curve import CurveServerKeys
-from proto.judge import JudgeRequest, StatsRequest, Verdict
+from proto.judge import JudgeRequest, StatsRequest
 from proto.ready import announce_ready
+from proto.run import RunRequest
 from proto.sockets import Request, Server, SocketLimits
 
 log = structlog.get_logger("judge.daemon")
@@ -49,6 +52,18 @@ class JudgeDaemon:
             self.server.close()
             raise
         self.dispatcher = Dispatcher(config, self.pool)
+        self.http: HttpFace | None = None
+        if config.http.bind is not None:
+            # Inside the daemon's process, one more peer of its socket: the same queue and drain.
+            inproc = self.server.bind_inproc(f"judge-http-{id(self):x}")
+            self.http = HttpFace(config.http, self.server.context, inproc, limits.max_frame_bytes)
+            try:
+                self.http.start()
+            except BaseException:
+                self.http.stop()
+                self.pool.close()
+                self.server.close()
+                raise
         self._stop_reason: str | None = None
         self._next_stats = time.monotonic() + config.stats_interval_s
 
@@ -75,6 +90,7 @@ class JudgeDaemon:
             workers=self.pool.size,
             queue_limit=self.config.queue_limit,
             curve=self.config.curve_secret is not None,
+            http=self.http.address if self.http else None,
         )
         try:
             while self._stop_reason is None:
@@ -82,6 +98,8 @@ class JudgeDaemon:
             self._drain()
         finally:
             self._log_stats()
+            if self.http is not None:
+                self.http.stop()
             self.pool.close()
             self.server.close()
             log.info("judge_stopped", reason=self._stop_reason)
@@ -107,9 +125,9 @@ class JudgeDaemon:
         if isinstance(message, StatsRequest):
             self.server.reply(request, self.dispatcher.stats())
             return
-        if not isinstance(message, JudgeRequest):
+        if not isinstance(message, JudgeRequest | RunRequest):
             self.dispatcher.counters.count("rejected")
-            detail = f"the judge serves judge_request and stats_request, not {message.TYPE}"
+            detail = f"the judge serves judge_request, run_request and stats_request, not {message.TYPE}"
             self.server.reply_error(request, "bad_request", detail)
             return
         if not accepting:
@@ -119,7 +137,7 @@ class JudgeDaemon:
                 request.request_id,
             )
             return
-        admission = self.dispatcher.offer((request.peer, message.id), message, request)
+        admission = self.dispatcher.offer((request.peer, message.TYPE, message.id), message, request)
         if admission == "busy":
             detail = (
                 f"queue full ({self.dispatcher.queue_depth} requests waiting, limit "
@@ -127,9 +145,9 @@ class JudgeDaemon:
             )
             self.server.send(request.peer, _error("busy", detail, message.id), request.request_id)
 
-    def _answer(self, waiters: list[Request], verdict: Verdict) -> None:
+    def _answer(self, waiters: list[Request], result: Answer) -> None:
         for waiter in waiters:
-            self.server.reply(waiter, verdict)  # False: the client left; nothing to keep
+            self.server.reply(waiter, result)  # False: the client left; nothing to keep
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -145,7 +163,7 @@ class JudgeDaemon:
         left = self.dispatcher.abandon()
         for waiters in left:
             for waiter in waiters:
-                ref = waiter.message.id if isinstance(waiter.message, JudgeRequest) else None
+                ref = waiter.message.id if isinstance(waiter.message, JudgeRequest | RunRequest) else None
                 error = _error("shutting_down", "the judge stopped before judging this", ref)
                 self.server.send(waiter.peer, error, waiter.request_id)
         if left:
@@ -173,5 +191,8 @@ def _error(code: str, detail: str, ref_id: str | None) -> Error:
 def serve(config: JudgeConfig, ready_file: Path | None = None) -> None:
     daemon = JudgeDaemon(config)
     daemon.install_signal_handlers()
-    announce_ready(ready_file, address=daemon.address)
+    addresses = {"address": daemon.address}
+    if daemon.http is not None:
+        addresses["http"] = daemon.http.address
+    announce_ready(ready_file, **addresses)
     daemon.serve()

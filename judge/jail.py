@@ -167,3 +167,33 @@ class Jail:
             self.process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
+
+
+# Jails whose runner was told to stop: nsjail takes a few milliseconds to tear the namespaces
+# down, which need not delay the verdict. Every test process is already dead at this point.
+_closing: list[tuple[Jail, float]] = []
+LINGER_S = 5.0  # a released jail still running after this long is killed
+
+
+def set_aside(jail: Jail) -> None:
+    """Tell the runner to stop and leave the jail to `reap_jails`: its tests are over."""
+    jail.release()
+    _closing.append((jail, time.monotonic()))
+
+
+def reap_jails(wait_s: float = 0.0) -> None:
+    """Collect released jails that have exited; wait up to `wait_s` for the rest, then kill them."""
+    deadline = time.monotonic() + wait_s
+    while _closing:
+        now = time.monotonic()
+        for item in list(_closing):
+            jail, released = item
+            if jail.process.poll() is None and now < max(deadline, released + LINGER_S):
+                continue
+            if jail.process.poll() is None:
+                jail.kill()
+            jail.dispose()
+            _closing.remove(item)
+        if not _closing or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)

@@ -36,6 +36,7 @@ from judge.config import JudgeConfig
 from judge.outcome import Outcome
 from judge.worker import worker_main
 from proto.judge import JudgeRequest
+from proto.run import RunRequest, RunResult
 
 log = structlog.get_logger("judge.pool")
 
@@ -52,7 +53,7 @@ SEND_TIMEOUT_S = 10.0
 @dataclass
 class Task:
     key: Hashable
-    request: JudgeRequest
+    request: JudgeRequest | RunRequest
     timeout_s: float
     deadline: float = 0.0
 
@@ -125,7 +126,7 @@ class WorkerPool:
     def in_flight(self) -> int:
         return sum(len(worker.tasks) for worker in self._workers) + len(self._waiting)
 
-    def _slot_for(self, request: JudgeRequest) -> _Worker | None:
+    def _slot_for(self, request: JudgeRequest | RunRequest) -> _Worker | None:
         idle = [worker for worker in self._workers if worker.ready and not worker.tasks]
         if idle:
             return idle[0]
@@ -156,9 +157,9 @@ class WorkerPool:
         worker.tasks.append(task)
         return True
 
-    def poll(self, timeout_s: float) -> list[tuple[Task, Outcome]]:
+    def poll(self, timeout_s: float) -> list[tuple[Task, Outcome | RunResult]]:
         """Outcomes that arrived within `timeout_s`, and those of tasks that passed their deadline."""
-        finished: list[tuple[Task, Outcome]] = []
+        finished: list[tuple[Task, Outcome | RunResult]] = []
         self._requeue()
         now = time.monotonic()
         for worker in list(self._workers):
@@ -182,7 +183,7 @@ class WorkerPool:
         self._requeue()
         return finished
 
-    def _read(self, worker: _Worker) -> list[tuple[Task, Outcome]]:
+    def _read(self, worker: _Worker) -> list[tuple[Task, Outcome | RunResult]]:
         finished = []
         while True:
             try:
@@ -195,10 +196,10 @@ class WorkerPool:
             if message[0] == "ready":
                 worker.ready = True
                 continue
-            _, _task_key, status, detail, _seconds = message
+            _, _task_key, result, _seconds = message
             task = worker.tasks.popleft()
             worker.done += 1
-            finished.append((task, Outcome(status, detail)))
+            finished.append((task, result))
             if worker.tasks:
                 worker.tasks[0].deadline = time.monotonic() + worker.tasks[0].timeout_s
         if not worker.process.is_alive():
@@ -208,7 +209,7 @@ class WorkerPool:
             self._spawn()
         return finished
 
-    def _died(self, worker: _Worker) -> list[tuple[Task, Outcome]]:
+    def _died(self, worker: _Worker) -> list[tuple[Task, Outcome | RunResult]]:
         code = worker.process.exitcode
         tasks = self._retire(worker, f"exited with status {code}")
         finished = []

@@ -6,8 +6,9 @@ import os
 
 import structlog
 
-from judge.code_check import judge_code, reap_jails
+from judge.code_check import judge_code
 from judge.config import SandboxConfig
+from judge.jail import reap_jails
 from judge.sandbox import Sandbox, SandboxUnavailable
 from proto.judge import JudgeRequest, TestCase
 

@@ -20,6 +20,7 @@ runs cannot kill it, and `kill(-1, SIGKILL)` ends every other process in the jai
 (`sandbox.unsafe_no_sandbox=true`) it falls back to process groups, which a hostile program can escape.
 """
 
+import base64
 import contextlib
 import json
 import math
@@ -27,6 +28,7 @@ import os
 import resource
 import selectors
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -328,6 +330,8 @@ class Runner:
         finally:
             os.close(stdin_fd)
         header, stdout = self.watch(pid, start, out_r, err_r, report_r)
+        if self.setup.get("fetch_files"):
+            header["files"] = self.fetch_files()
         write_json(self.control_out, header)
         write_frame(self.control_out, stdout)
         return True
@@ -389,7 +393,7 @@ class Runner:
                 buffer = buffers[fd]
                 if fd == err_r:
                     buffer += chunk
-                    del buffer[:-STDERR_KEPT]
+                    del buffer[: -setup.get("stderr_bytes", STDERR_KEPT)]
                 elif len(buffer) < limits[fd]:
                     buffer += chunk[: limits[fd] - len(buffer)]
                 if seen[fd] > limits[fd] and killed is None:
@@ -426,6 +430,40 @@ class Runner:
         }
         return header, bytes(buffers[out_r])
 
+    def write_files(self):
+        """The request's files, into the working directory (the jail's /tmp) before any test."""
+        for name, data in (self.setup.get("files") or {}).items():
+            try:
+                directory = os.path.dirname(name)
+                if directory:
+                    os.makedirs(directory, exist_ok=True)
+                with open(name, "wb") as file:
+                    file.write(base64.b64decode(data))
+            except (OSError, ValueError) as exc:
+                return {"ok": False, "status": "bad_files", "detail": f"{name}: {exc}"[:500]}
+        return None
+
+    def fetch_files(self):
+        """The files asked for that exist after the run, each cut at the output limit (base64).
+
+        Regular files only, never through a link: a FIFO left by the program would block here.
+        """
+        found = {}
+        for name in self.setup["fetch_files"]:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    data = os.read(fd, self.setup["output_bytes"])
+                    found[name] = base64.b64encode(data).decode()
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return found
+
     def compile_source(self, source):
         try:
             self.code = compile(source, SOURCE_NAME, "exec", dont_inherit=True)
@@ -459,7 +497,7 @@ def main():
     source = read_frame(control_in)
     if source is None:
         return 0
-    result = runner.compile_source(source)
+    result = runner.write_files() or runner.compile_source(source)
     write_json(control_out, result)
     if not result["ok"]:
         return 0

@@ -12,13 +12,16 @@ import resource
 import time
 from multiprocessing.connection import Connection
 
-from judge.code_check import judge_code, reap_jails
+from judge.code_check import judge_code
+from judge.code_run import run_code
 from judge.config import SandboxConfig
+from judge.jail import reap_jails
 from judge.math_check import judge_math
 from judge.outcome import Outcome
 from judge.sandbox import Sandbox
 from proto.judge import JudgeRequest
 from proto.logs import configure_logging
+from proto.run import RunRequest, RunResult
 
 
 def judge(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
@@ -29,8 +32,10 @@ def judge(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
     return judge_code(request, sandbox)
 
 
-def _guarded(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
+def _guarded(request: JudgeRequest | RunRequest, sandbox: Sandbox) -> Outcome | RunResult:
     try:
+        if isinstance(request, RunRequest):
+            return run_code(request, sandbox)
         return judge(request, sandbox)
     except MemoryError:
         if request.kind == "math":
@@ -65,7 +70,7 @@ def worker_main(connection: Connection, sandbox_config: SandboxConfig, cgroups: 
             break
         _, task_id, request = message
         started = time.monotonic()
-        outcome = _guarded(request, sandbox)
-        connection.send(("done", task_id, outcome.status, outcome.detail, time.monotonic() - started))
+        result = _guarded(request, sandbox)
+        connection.send(("done", task_id, result, time.monotonic() - started))
         reap_jails()
     reap_jails(wait_s=5.0)

@@ -6,6 +6,7 @@ from proto.curve import CurveClientKeys, CurveServerKeys, generate_keys
 from proto.judge import JudgeRequest, JudgeStats, StatsRequest, TestCase, Verdict
 from proto.message import PROTOCOL_VERSION, REGISTRY, Message
 from proto.rollout import Completion, RolloutGroup, WorkAborted
+from proto.run import RunRequest, RunResult
 from proto.sockets import Client, InsecureBindError, RemoteError, Request, Server, SocketLimits, is_loopback
 from proto.weights import WeightAnnounce, WeightChunk, WeightRequest
 from proto.work import Credit, SamplingParams, WorkBatch, WorkCancel, WorkItem
@@ -31,6 +32,8 @@ __all__ = [
     "RemoteError",
     "Request",
     "RolloutGroup",
+    "RunRequest",
+    "RunResult",
     "SamplingParams",
     "Server",
     "Shutdown",

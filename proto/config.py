@@ -187,6 +187,11 @@ def describe(exc: ValidationError, source: str = "", where: Where | None = None)
     lines = []
     for error in exc.errors(include_url=False):
         loc = tuple(str(part) for part in error["loc"])
+        message = error["msg"]
+        # A check of a whole section names the field it is about ("token_file: ..."): say it in full.
+        named, colon, rest = message.removeprefix("Value error, ").partition(": ")
+        if message.startswith("Value error, ") and colon and named.isidentifier():
+            loc, message = (*loc, named), rest
         field = ".".join(loc) or "(top level)"
         got = f" (got {error['input']!r})" if error["type"] != "missing" and "input" in error else ""
         place = source
@@ -196,7 +201,7 @@ def describe(exc: ValidationError, source: str = "", where: Where | None = None)
                 place = line
             elif line is not None:
                 place = f"{source}, line {line}"
-        lines.append((f"{place}: " if place else "") + f"{field}: {error['msg']}{got}"[:500])
+        lines.append((f"{place}: " if place else "") + f"{field}: {message}{got}"[:500])
     return "\n".join(lines)
 
 

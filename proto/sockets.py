@@ -145,6 +145,16 @@ class Server:
             raise OSError(f"{name}: cannot bind {address}: {exc}") from exc
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
+    def bind_inproc(self, name: str) -> str:
+        """Bind one more endpoint, `inproc://NAME`, for a peer in this process (`self.context`)."""
+        address = f"inproc://{name}"
+        self._socket.bind(address)
+        return address
+
+    @property
+    def context(self) -> zmq.Context:
+        return self._context
+
     def recv(self, timeout_ms: int | None = None) -> Request | None:
         """The next valid request, or None after `timeout_ms`. Bad frames get an error reply."""
         timeout = self.limits.recv_timeout_ms if timeout_ms is None else timeout_ms

@@ -129,7 +129,7 @@ def test_malformed_and_oversized_messages_get_clear_errors(daemon: LiveDaemon) -
         )
         assert "tests" in _error_reply(dealer, b"r4", no_tests).detail
         error = _error_reply(dealer, b"r5", *encode(Heartbeat(sender="someone", role="client", time=0.0)))
-        assert error.detail == "the judge serves judge_request and stats_request, not heartbeat"
+        assert error.detail == "the judge serves judge_request, run_request and stats_request, not heartbeat"
         oversized = code_request("print(1)", [("x" * (1536 << 10), "1")], ident="big")  # 1.5 MB, limit 1 MB
         error = _error_reply(dealer, b"r6", *encode(oversized))
         assert "exceeds the limit" in error.detail

@@ -32,6 +32,7 @@ from proto import (
     WorkItem,
 )
 from proto.judge import REWARDED_STATUSES, VerdictStatus
+from proto.run import RunRequest, RunResult, RunStatus
 from proto.weights import DTYPES
 
 ids = st.text(min_size=1, max_size=40)
@@ -43,6 +44,9 @@ tokens = st.lists(st.integers(min_value=0, max_value=2**31 - 1), max_size=64).ma
 )
 test_cases = st.builds(TestCase, input=texts, output=texts)
 statuses = st.sampled_from(VerdictStatus.__args__)
+file_names = st.from_regex(r"[a-z]{1,8}(/[a-z0-9_.]{1,8}){0,2}", fullmatch=True).filter(
+    lambda name: ".." not in name
+)
 
 
 @st.composite
@@ -173,6 +177,29 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
     WorkAborted: st.builds(WorkAborted, generator_id=ids, work_ids=st.lists(ids, max_size=5), reason=texts),
     JudgeRequest: judge_requests(),
     Verdict: verdicts(),
+    RunRequest: st.builds(
+        RunRequest,
+        id=ids,
+        code=texts,
+        stdin=texts,
+        time_limit_s=st.none() | st.floats(0.01, 100),
+        memory_limit_mb=st.none() | st.integers(1, 1 << 16),
+        files=st.dictionaries(file_names, st.binary(max_size=64), max_size=3),
+        fetch_files=st.lists(file_names, max_size=3),
+    ),
+    RunResult: st.builds(
+        RunResult,
+        id=ids,
+        status=st.sampled_from(RunStatus.__args__),
+        exit_code=st.none() | st.integers(0, 255),
+        signal=st.none() | st.integers(1, 64),
+        cpu_s=st.floats(0, 1e4),
+        wall_s=st.floats(0, 1e4),
+        stdout=texts,
+        stderr=texts,
+        files=st.dictionaries(file_names, st.binary(max_size=64), max_size=3),
+        detail=texts,
+    ),
     StatsRequest: st.just(StatsRequest()),
     JudgeStats: st.builds(
         JudgeStats,
