@@ -15,7 +15,9 @@
 One module, over 400 lines: a benchmark is read as one script, start to end.
 
 3. The same update of the ~100M model put on 2 generators at once (one v+1 item each), timed to
-   the later of their two groups: update_2gen_ratio is its best over the 1-generator best.
+   the later of their two groups, against the same on 1 generator, both in this part and by the
+   same path (`--update-path zmq`, chunks to each generator, or `broadcast`, one gloo broadcast
+   to the generators that joined): update_2gen_ratio is best over best.
 
 Run: `python -m bench.generator` (about 6 minutes on 2 cores). Last line:
     generator: throughput_ratio=... weight_update_s=... weight_update_ratio=...
@@ -48,6 +50,7 @@ import zmq
 from generator.config import EngineConfig
 from launch.process_group import stop_process_group
 from learner.tiny.model import write_tiny_model
+from learner.training.broadcaster import WeightBroadcaster
 from learner.training.publisher import WeightPublisher
 from proto.control import Ack, Hello
 from proto.message import Message
@@ -58,7 +61,7 @@ from proto.work import Credit, SamplingParams, WorkBatch, WorkItem
 ROOT = Path(__file__).resolve().parents[1]
 # how a version reaches the generators here: each fetches it alone from the publisher (WeightChunk
 # over ZeroMQ), then reloads it from shared memory
-UPDATE_PATH = "zmq-chunks+shm"
+UPDATE_PATHS = {"zmq": "zmq-chunks+shm", "broadcast": "gloo-broadcast+shm"}
 MAX_MODEL_LEN = 512
 
 
@@ -192,13 +195,13 @@ def failure_excerpt(lines: list[str], tail: int = 30, after_error: int = 40) -> 
 
 
 def start_generator(
-    model: Path, dispatcher: str, judge: str, credits: int, name: str = "bench"
+    model: Path, dispatcher: str, judge: str, credits: int, name: str = "bench", extra: list[str] = ()
 ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen, list[str]]]:
     command = [
         sys.executable, "-m", "generator",
         f"learner={dispatcher}", f"judge={judge}", f"model={model}",
         f"generator_id={name}", f"credits={credits}",
-        f"engine.max_model_len={MAX_MODEL_LEN}", "--log-level", "info",
+        f"engine.max_model_len={MAX_MODEL_LEN}", "--log-level", "info", *extra,
     ]  # fmt: skip
     return running(command, '"learner_connected"', 600)
 
@@ -414,33 +417,42 @@ def bench_weight_update(
     return best, raw_s
 
 
-def bench_update_two_generators(model: Path, judge: str, updates: int) -> float:
-    """Best seconds from announcement to a group of the new version from each of 2 generators."""
+def bench_update_to(model: Path, judge: str, updates: int, generators: int, path: str) -> float:
+    """Best seconds from announcement to a group of the new version from each of `generators`.
+
+    path "broadcast": the generators join the learner's broadcast group with the first update
+    (fetched as chunks), so only the later ones are timed.
+    """
     from safetensors.torch import load_file
 
     base = load_file(str(model / "model.safetensors"))
     dispatcher = Dispatcher()
+    names = [f"bench{g}" for g in range(generators)]
+    extra = ["weight_transfer=broadcast"] if path == "broadcast" else []
+    broadcaster = WeightBroadcaster() if path == "broadcast" else None
     times = []
     try:
-        with (
-            start_generator(model, dispatcher.address, judge, 4, name="bench0"),
-            start_generator(model, dispatcher.address, judge, 4, name="bench1"),
-            WeightPublisher() as publisher,
-        ):
-            dispatcher.run(work(f"warm2-{model.name}", 2, 1, 4), 600)  # one item each: both warm
-            for version in range(1, updates + 1):
+        with contextlib.ExitStack() as stack:
+            for name in names:
+                stack.enter_context(start_generator(model, dispatcher.address, judge, 4, name, extra))
+            publisher = stack.enter_context(WeightPublisher(broadcaster=broadcaster))
+            dispatcher.run(work(f"warm{generators}-{model.name}", generators, 1, 4), 600)  # all warm
+            first_timed = 2 if path == "broadcast" else 1
+            for version in range(1, updates + first_timed):
                 announce = publisher.publish(version, perturbed(base, version))
-                items = work(f"two{version}-{model.name}", 2, 1, 1, version=version)
+                items = work(f"to{generators}-{version}-{model.name}", generators, 1, 1, version=version)
                 start, end = dispatcher.run(items, 600, announce)
                 groups = [dispatcher.groups[item.id][1] for item in items]
                 assert {g.policy_version for g in groups} == {version}
-                assert {g.generator_id for g in groups} == {"bench0", "bench1"}
-                times.append(end - start)
+                assert {g.generator_id for g in groups} == set(names)
+                if version >= first_timed:
+                    assert path != "broadcast" or announce.group is not None
+                    times.append(end - start)
     finally:
         dispatcher.close()
     print(
-        f"weight update to 2 generators, {model.name}: announcement -> a v+1 group from each "
-        f"{', '.join(f'{t:.3f}' for t in times)} s (best {min(times):.3f})"
+        f"weight update to {generators} generator(s) by {path}, {model.name}: announcement -> a v+1 group "
+        f"from each {', '.join(f'{t:.3f}' for t in times)} s (best {min(times):.3f})"
     )
     return min(times)
 
@@ -522,6 +534,7 @@ def main() -> None:
     parser.add_argument("--big-hidden", type=int, default=768)
     parser.add_argument("--big-layers", type=int, default=16)
     parser.add_argument("--skip-throughput", action="store_true", help="weight updates only")
+    parser.add_argument("--update-path", choices=["zmq", "broadcast"], default="zmq", help="path of part 3")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     ratio = float("nan")
@@ -542,11 +555,12 @@ def main() -> None:
                 bench_weight_update(tiny, dispatcher, generator, lines, args.updates)
             with serving(big, judge_address, 4) as (dispatcher, generator, lines):
                 update_s, raw_s = bench_weight_update(big, dispatcher, generator, lines, args.updates)
-            two_s = bench_update_two_generators(big, judge_address, args.updates)
+            one_s = bench_update_to(big, judge_address, args.updates, 1, args.update_path)
+            two_s = bench_update_to(big, judge_address, args.updates, 2, args.update_path)
     print(
         f"generator: throughput_ratio={ratio:.3f} weight_update_s={update_s:.3f} "
-        f"weight_update_ratio={update_s / raw_s:.2f} update_2gen_ratio={two_s / update_s:.2f} "
-        f"update_path={UPDATE_PATH}"
+        f"weight_update_ratio={update_s / raw_s:.2f} update_2gen_ratio={two_s / one_s:.2f} "
+        f"update_path={UPDATE_PATHS[args.update_path]}"
     )
 
 

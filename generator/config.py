@@ -82,6 +82,12 @@ class GeneratorSettings(Config):
     weight_path: Literal["auto", "shm", "ipc"] = Field(
         default="auto", description="shm: worker extension reload (CPU); ipc: vLLM's CUDA IPC engine"
     )
+    weight_transfer: Literal["zmq", "broadcast"] = Field(
+        default="zmq",
+        description="zmq: each version fetched in chunks (CURVE across networks); broadcast: one gloo "
+        "broadcast to every generator that joined (the learner's publish.broadcast)",
+    )
+    broadcast_timeout_s: float = Field(default=60.0, gt=0, description="each collective call (then zmq)")
     warm_reload: bool = Field(
         default=True,
         description="reload the model's own weights once at start, as updates load (shm path): "

@@ -26,6 +26,7 @@ from generator.config import GeneratorConfig
 from generator.engine import Engine, Finished, PromptError, Sample
 from generator.rollout import judge_request, rollout_group
 from generator.session import ABANDONED, Answer
+from generator.weight_broadcast import BroadcastReceiver
 from generator.weight_fetch import FetchError, WeightFetcher
 from generator.weight_set import Arrivals, WeightSet
 from proto.curve import CurveClientKeys
@@ -80,6 +81,11 @@ class Pipeline:
             self.id,
             curve=None if weights_key is None else CurveClientKeys(weights_key, config.client_key),
             timeout_s=config.weight_timeout_s,
+            broadcast=(
+                BroadcastReceiver(self.id, config.broadcast_timeout_s)
+                if config.weight_transfer == "broadcast"
+                else None
+            ),
         )
         self.held: dict[str, Held] = {}
         self.queue: deque[str] = deque()

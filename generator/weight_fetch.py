@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
+from generator.weight_broadcast import BroadcastReceiver
 from generator.weight_set import (
     Arrivals,
     WeightFiles,
@@ -58,17 +59,20 @@ def fetch_weights(
     files: WeightFiles | None = None,
     on_start: Callable[[Arrivals], None] = lambda arrivals: None,
     client: Client | None = None,
+    join_broadcast: bool = False,
 ) -> WeightSet:
     """Download `version` from the publisher at `address`. Raises FetchError.
 
     `files` lends the file to write into; `on_start` sees each attempt's arrivals as it begins;
-    `client` is a connection to `address` to use (and leave open) instead of a new one.
+    `client` is a connection to `address` to use (and leave open) instead of a new one;
+    `join_broadcast` asks to receive the next versions by broadcast.
     """
     if client is None:
         with connect(address, curve) as own:
             return fetch_weights(
                 address, version, generator_id, timeout_s=timeout_s, chunk_timeout_s=chunk_timeout_s,
                 announce=announce, cancelled=cancelled, files=files, on_start=on_start, client=own,
+                join_broadcast=join_broadcast,
             )  # fmt: skip
     deadline = time.monotonic() + timeout_s
     backoff = 0.05
@@ -77,7 +81,10 @@ def fetch_weights(
         on_start(writer.arrivals)
         try:
             try:
-                request_id = client.send(WeightRequest(version=version, generator_id=generator_id))
+                request = WeightRequest(
+                    version=version, generator_id=generator_id, join_broadcast=join_broadcast
+                )
+                request_id = client.send(request)
             except TimeoutError:
                 error: Error | None = Error(code="unavailable", detail=f"no publisher at {address}")
             else:
@@ -153,8 +160,10 @@ class WeightFetcher:
         curve: CurveClientKeys | None = None,
         timeout_s: float = 600.0,
         chunk_timeout_s: float = 60.0,
+        broadcast: BroadcastReceiver | None = None,
     ) -> None:
         self.generator_id = generator_id
+        self.broadcast = broadcast  # the collective path; None: ZeroMQ chunks only
         self.curve = curve
         self.timeout_s = timeout_s
         self.chunk_timeout_s = chunk_timeout_s
@@ -225,25 +234,32 @@ class WeightFetcher:
                 self._drop_connection()
             if self._connection is None:
                 self._connection = (address, connect(address, self.curve))
+            result: WeightSet | FetchError | None = None
+            if self.broadcast is not None and announce is not None and self.broadcast.member_of(announce):
+                result = self._receive_broadcast(announce)
             try:
-                result: WeightSet | FetchError = fetch_weights(
-                    address,
-                    version,
-                    self.generator_id,
-                    curve=self.curve,
-                    timeout_s=self.timeout_s,
-                    chunk_timeout_s=self.chunk_timeout_s,
-                    announce=announce,
-                    cancelled=lambda v=version: self._superseded(v),
-                    files=self.files,
-                    on_start=lambda arrivals: self._started(arrivals),
-                    client=self._connection[1],
-                )
+                if result is None:
+                    result = fetch_weights(
+                        address,
+                        version,
+                        self.generator_id,
+                        curve=self.curve,
+                        timeout_s=self.timeout_s,
+                        chunk_timeout_s=self.chunk_timeout_s,
+                        announce=announce,
+                        cancelled=lambda v=version: self._superseded(v),
+                        files=self.files,
+                        on_start=lambda arrivals: self._started(arrivals),
+                        client=self._connection[1],
+                        join_broadcast=self.broadcast is not None,
+                    )
             except FetchError as exc:
                 result = exc
             except Exception as exc:  # a bug or an OS error must reach the worker, not kill the thread
                 log.exception("weight_fetch_failed", version=version)
                 result = FetchError(version, "internal", f"{type(exc).__name__}: {exc}")
+            if isinstance(result, WeightSet) and result.version > version:
+                version = result.version  # the group sent a newer version than the one wanted
             fetched = version
             if not isinstance(result, WeightSet):
                 # The rest of an abandoned stream may still come: a new connection leaves it behind.
@@ -264,6 +280,31 @@ class WeightFetcher:
                     self._results[version] = result
             if arrivals is not None:
                 arrivals.end(failed=not isinstance(result, WeightSet))  # wakes a waiting loader
+
+    def _receive_broadcast(self, announce: WeightAnnounce) -> WeightSet | None:
+        """The announced version by broadcast; None when that failed (then fetch it as chunks)."""
+        assert self.broadcast is not None
+        started = time.monotonic()
+        try:
+            weight_set = self.broadcast.receive(announce, self.files, on_start=self._started)
+        except Exception as exc:
+            log.warning(
+                "broadcast_receive_failed",
+                version=announce.version,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            with self._lock:
+                arrivals = self._arrivals.pop(announce.version, None)
+            if arrivals is not None:
+                arrivals.end(failed=True)
+            return None
+        log.info(
+            "weights_received",
+            version=weight_set.version,
+            path="broadcast",
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return weight_set
 
     def _drop_connection(self) -> None:
         if self._connection is not None:

@@ -79,6 +79,7 @@ class Placed:
     env: dict[str, str]
     memory_gb: float | None  # per GPU (on CPU: the process's); None where unknown
     ranks: int | None = None  # learner only
+    weight_transfer: str | None = None  # generators only: "zmq" (chunks) or "broadcast" (collective)
     command: list[str] = field(default_factory=list)
     memory: dict[str, float] = field(default_factory=dict)  # the estimate's parts, GB
 
@@ -86,6 +87,8 @@ class Placed:
         out = asdict(self)
         if self.kind != "learner":
             del out["ranks"]
+        if self.kind != "generator":
+            del out["weight_transfer"]
         return out
 
 
@@ -346,7 +349,7 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
             "be estimated: fetch the model first (the tiny default: run once without --dry-run), or "
             "give its shape in placement.model"
         )
-    return place(
+    plan = place(
         gpus=gpus,
         visible=visible,
         gpu_memory_gb=recipe.placement.gpu_memory_gb or (measured_gpu_memory_gb() if visible else None),
@@ -359,3 +362,7 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
         weight_bytes=weight_bytes,
         colocate=recipe.placement.colocate,
     )
+    for component in plan.components:
+        if component.kind == "generator":
+            component.weight_transfer = recipe.generator.weight_transfer
+    return plan

@@ -89,6 +89,8 @@ class Supervisor:
             dispatch = replace(dispatch, address=ANY_LOCAL_PORT)
         if publish.address is None:
             publish = replace(publish, address=ANY_LOCAL_PORT)
+        if r.generator.weight_transfer == "broadcast":
+            publish = replace(publish, broadcast=True)  # this node's generators join its broadcast
         learner_cfg = replace(r.learner, run_dir=run_dir, dispatch=dispatch, publish=publish)
         self.judge = Component(
             "judge",

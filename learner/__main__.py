@@ -107,6 +107,7 @@ def _lead(
     from learner.metrics import MetricsWriter
     from learner.orchestration.batch_sources import BanditSource, FileSource
     from learner.orchestration.loop import run_loop
+    from learner.training.broadcaster import broadcaster_of
     from learner.training.publisher import WeightPublisher
 
     if args.command == "demo":
@@ -130,6 +131,7 @@ def _lead(
             max_streams=cfg.publish.max_streams,
             send_timeout_s=cfg.publish.send_timeout_s,
             curve=None if keys is None else CurveServerKeys(keys, cfg.publish.clients_dir),
+            broadcaster=broadcaster_of(cfg.publish),
         )
         log.info("publisher_ready", address=publisher.address, version=learner.version)
     try:

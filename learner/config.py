@@ -92,6 +92,12 @@ class PublishConfig(Section):
     send_timeout_s: float = Field(default=60.0, gt=0)
     secret_key: Path | None = None  # CURVE secret key file; required to bind off loopback
     clients_dir: Path | None = None  # public keys of the only generators let in
+    # The collective path: generators with weight_transfer=broadcast get each version in one
+    # gloo broadcast (learner/training/broadcaster.py); the others keep fetching chunks.
+    broadcast: bool = False
+    broadcast_host: str = "127.0.0.1"  # where generators reach the learner's TCPStore
+    broadcast_bucket_mb: int = Field(default=64, ge=1, le=4096)
+    broadcast_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class MetricsConfig(Section):

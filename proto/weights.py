@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from proto.message import Blob, Message
+from proto.message import Blob, Message, Struct
 
 if TYPE_CHECKING:
     import torch
@@ -42,8 +42,20 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+class BroadcastGroup(Struct):
+    """The collective path of one version: the learner (rank 0) and `members` (rank i + 1) form
+    a process group through the store at `store` and receive the version as one broadcast."""
+
+    store: str = Field(min_length=1, max_length=300)  # HOST:PORT of the learner's TCPStore
+    group_id: int = Field(ge=0)  # a new id whenever the members change: a new group
+    members: list[str] = Field(min_length=1, max_length=4096)  # generator ids
+    backend: Literal["gloo"] = "gloo"
+    bucket_bytes: int = Field(ge=1)
+
+
 class WeightAnnounce(Message):
-    """Version `version` is ready; fetch it with WeightRequest from `address` (empty: same peer)."""
+    """Version `version` is ready; fetch it with WeightRequest from `address` (empty: same peer).
+    With `group`, its members receive it by broadcast instead (and may still fetch it)."""
 
     TYPE = "weight_announce"
 
@@ -51,6 +63,7 @@ class WeightAnnounce(Message):
     num_tensors: int = Field(ge=0)
     total_bytes: int = Field(ge=0)
     address: str = ""
+    group: BroadcastGroup | None = None
 
 
 class WeightRequest(Message):
@@ -58,6 +71,31 @@ class WeightRequest(Message):
 
     version: int = Field(ge=0)
     generator_id: str = Field(min_length=1, max_length=256)
+    join_broadcast: bool = False  # receive the next versions by broadcast (the collective path)
+
+
+class TensorSpec(Struct):
+    name: str = Field(min_length=1, max_length=1024)
+    dtype: DType
+    shape: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+class WeightManifest(Message):
+    """First of a broadcast: what the bytes that follow are. They are the tensors' raw bytes one
+    after another in this order, sent in buckets of the group's `bucket_bytes`."""
+
+    TYPE = "weight_manifest"
+
+    version: int = Field(ge=0)
+    tensors: list[TensorSpec] = Field(min_length=1)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(spec.nbytes for spec in self.tensors)
 
 
 class WeightChunk(Message):

@@ -27,6 +27,7 @@ from learner.orchestration.prompts import Prompt, load_prompts
 from learner.orchestration.schedule import Stage
 from learner.orchestration.step_timeline import by_generator, wait_parts
 from learner.orchestration.work_ledger import WorkLedger, split_work_id
+from learner.training.broadcaster import broadcaster_of
 from learner.training.checkpoint import CheckpointState
 from learner.training.grpo import Batch
 from learner.training.publisher import WeightPublisher
@@ -100,6 +101,7 @@ def _lead(
         max_streams=cfg.publish.max_streams,
         send_timeout_s=cfg.publish.send_timeout_s,
         curve=weights_curve,
+        broadcaster=broadcaster_of(cfg.publish),
     )
     dispatcher = Dispatcher(
         ledger,

@@ -11,6 +11,7 @@ with `last=True`. Several transfers are interleaved one chunk at a time. An olde
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import structlog
 import torch
 from torch import Tensor
 
+from learner.training.broadcaster import WeightBroadcaster, manifest_of
 from proto.curve import CurveServerKeys
 from proto.sockets import Request, Server, SocketLimits
 from proto.weights import DTYPES, DType, WeightAnnounce, WeightChunk, WeightRequest, torch_dtype
@@ -88,8 +90,10 @@ class WeightPublisher:
         send_timeout_s: float = 60.0,
         curve: CurveServerKeys | None = None,
         start_timeout_s: float = 10.0,
+        broadcaster: WeightBroadcaster | None = None,
     ) -> None:
         self.chunk_bytes = chunk_bytes
+        self.broadcaster = broadcaster  # the collective path, for the generators that join it
         self.max_streams = max_streams
         self.transfers_done = 0
         self._limits = SocketLimits(
@@ -122,14 +126,28 @@ class WeightPublisher:
             if tensor.dtype not in TORCH_DTYPES:
                 raise ValueError(f"{name}: dtype {tensor.dtype} has no wire format")
         total = sum(math.prod(t.shape) * DTYPES[TORCH_DTYPES[t.dtype]].itemsize for t in tensors.values())
-        announce = WeightAnnounce(
-            version=version, num_tensors=len(tensors), total_bytes=total, address=self.address
-        )
         with self._lock:
             if self._latest is not None and version <= self._latest.version:
                 raise ValueError(f"version: {version} is not newer than {self._latest.version}")
+        group = self.broadcaster.plan() if self.broadcaster is not None else None
+        announce = WeightAnnounce(
+            version=version, num_tensors=len(tensors), total_bytes=total, address=self.address, group=group
+        )
+        with self._lock:
             self._latest = _Snapshot(version, tensors, announce)
-        log.info("weights_published", version=version, tensors=len(tensors), bytes=total)
+        if group is not None:
+            assert self.broadcaster is not None
+            try:
+                self.broadcaster.send(manifest_of(version, tensors, TORCH_DTYPES), tensors, group)
+            except queue.Full:  # its members time out and fetch chunks instead
+                log.warning("broadcast_skipped", version=version, reason="earlier broadcasts still queued")
+        log.info(
+            "weights_published",
+            version=version,
+            tensors=len(tensors),
+            bytes=total,
+            broadcast=group is not None,
+        )
         return announce
 
     @property
@@ -177,6 +195,8 @@ class WeightPublisher:
         if not isinstance(message, WeightRequest):
             server.reply_error(request, "bad_request", f"expected weight_request, got {message.TYPE}")
             return
+        if message.join_broadcast and self.broadcaster is not None:
+            self.broadcaster.join(message.generator_id)
         with self._lock:
             latest = self._latest
         if latest is None or message.version > latest.version:
@@ -201,6 +221,8 @@ class WeightPublisher:
     def close(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout_s)
+        if self.broadcaster is not None:
+            self.broadcaster.close(timeout_s)
 
     def __enter__(self) -> WeightPublisher:
         return self

@@ -33,7 +33,7 @@ from proto import (
 )
 from proto.judge import REWARDED_STATUSES, VerdictStatus
 from proto.run import RunRequest, RunResult, RunStatus
-from proto.weights import DTYPES
+from proto.weights import DTYPES, BroadcastGroup, TensorSpec, WeightManifest
 
 ids = st.text(min_size=1, max_size=40)
 texts = st.text(max_size=200)
@@ -216,8 +216,30 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
         num_tensors=st.integers(0, 10**5),
         total_bytes=st.integers(0, 2**50),
         address=texts,
+        group=st.none()
+        | st.builds(
+            BroadcastGroup,
+            store=st.just("127.0.0.1:29500"),
+            group_id=st.integers(0, 10**6),
+            members=st.lists(ids, min_size=1, max_size=4),
+            bucket_bytes=st.integers(1, 1 << 30),
+        ),
     ),
-    WeightRequest: st.builds(WeightRequest, version=versions, generator_id=ids),
+    WeightRequest: st.builds(WeightRequest, version=versions, generator_id=ids, join_broadcast=st.booleans()),
+    WeightManifest: st.builds(
+        WeightManifest,
+        version=versions,
+        tensors=st.lists(
+            st.builds(
+                TensorSpec,
+                name=ids,
+                dtype=st.sampled_from(list(DTYPES)),
+                shape=st.lists(st.integers(0, 64), max_size=3),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
     WeightChunk: weight_chunks(),
     Hello: st.builds(
         Hello,
