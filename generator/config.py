@@ -90,8 +90,8 @@ class GeneratorSettings(Config):
     broadcast_timeout_s: float = Field(default=60.0, gt=0, description="each collective call (then zmq)")
     warm_reload: bool = Field(
         default=True,
-        description="reload the model's own weights once at start, as updates load (shm path): "
-        "the first update is then no slower than the next",
+        description="reload the model's own weights once at start, as updates load (shm or ipc path): "
+        "a path that cannot reload fails at start, and the first update is no slower than the next",
     )
     heartbeat_s: float = Field(default=2.0, gt=0)
     learner_timeout_s: float = Field(default=10.0, gt=0, description="silence before reconnecting")

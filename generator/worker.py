@@ -53,7 +53,7 @@ class Worker:
         log.info(
             "generator_started", generator=self.id, learner=self.cfg.learner, version=self.engine.version
         )
-        if self.cfg.warm_reload and self.engine.partial_loads:
+        if self.cfg.warm_reload:  # both reload paths (shm, CUDA IPC): a broken one fails here, at start
             try:
                 self.engine.warm_reload(self.pipeline.fetcher.files)
             except Exception:
