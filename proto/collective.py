@@ -9,6 +9,7 @@ a `WeightManifest`, then the tensors' bytes in buckets.
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 
 import torch
@@ -20,19 +21,44 @@ from proto.weights import BroadcastGroup, WeightManifest
 MAX_MANIFEST_BYTES = 256 << 20
 
 
+def serve_store(host: str, timeout_s: float) -> tuple[dist.TCPStore, socket.socket]:
+    """Rank 0's store, listening on `host` only (a TCPStore alone would listen on every
+    interface: on a node whose generators are local, nothing leaves loopback)."""
+    listener = socket.create_server((host, 0), backlog=1024)
+    store = dist.TCPStore(
+        host,
+        listener.getsockname()[1],
+        is_master=True,
+        wait_for_workers=False,
+        timeout=timedelta(seconds=timeout_s),
+        master_listen_fd=listener.fileno(),
+    )
+    return store, listener
+
+
 def process_group(
     group: BroadcastGroup, rank: int, timeout_s: float, store: dist.Store | None = None
 ) -> dist.ProcessGroup:
     """Join `group` as `rank` and wait for every other rank; raises RuntimeError after `timeout_s`.
 
-    Rank 0 passes its own store (it serves it); the others connect to `group.store`.
+    Rank 0 passes its own store (it serves it); the others connect to `group.store`. With the
+    store on loopback, gloo's connections stay on loopback too.
     """
     timeout = timedelta(seconds=timeout_s)
+    host, _, port = group.store.rpartition(":")
     if store is None:
-        host, _, port = group.store.rpartition(":")
         store = dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
     prefixed = dist.PrefixStore(f"weights-{group.group_id}", store)
-    return dist.ProcessGroupGloo(prefixed, rank, len(group.members) + 1, timeout)
+    options = dist.ProcessGroupGloo._Options()
+    options._timeout = timeout
+    loopback = host in ("localhost", "127.0.0.1", "::1")
+    device = (
+        dist.ProcessGroupGloo.create_device(hostname=host)
+        if loopback
+        else dist.ProcessGroupGloo.create_default_device()
+    )
+    options._devices = [device]
+    return dist.ProcessGroupGloo(prefixed, rank, len(group.members) + 1, options)
 
 
 def broadcast_bytes(pg: dist.ProcessGroup, data: torch.Tensor, timeout_s: float) -> None:

@@ -18,7 +18,6 @@ import contextlib
 import queue
 import threading
 import time
-from datetime import timedelta
 
 import structlog
 import torch
@@ -26,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from learner.config import PublishConfig
-from proto.collective import broadcast_bytes, process_group, send_manifest
+from proto.collective import broadcast_bytes, process_group, send_manifest, serve_store
 from proto.weights import BroadcastGroup, TensorSpec, WeightManifest
 
 log = structlog.get_logger("learner.broadcast")
@@ -78,8 +77,7 @@ class WeightBroadcaster:
     ) -> None:
         self.bucket_bytes = bucket_bytes
         self.timeout_s = timeout_s
-        timeout = timedelta(seconds=timeout_s)
-        self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timeout)
+        self._store, self._listener = serve_store(host, timeout_s)
         self.store_address = f"{host}:{self._store.port}"
         self._lock = threading.Lock()
         self._joining: dict[str, None] = {}  # in the order they asked
