@@ -22,6 +22,7 @@ def judge_request(item: WorkItem, request_id: str, sample: Sample) -> JudgeReque
         response=sample.text,
         tests=item.tests,
         fn_name=item.fn_name,
+        test_program=item.test_program,
         time_limit_s=item.time_limit_s,
         memory_limit_mb=item.memory_limit_mb,
     )

@@ -50,13 +50,14 @@ def _expected_values(request: JudgeRequest) -> list[Any] | str:
 
 
 def judge_code(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
-    assert request.tests is not None
-    call_mode = request.fn_name is not None
-    if call_mode and not request.fn_name.isidentifier():  # type: ignore[union-attr]
+    if request.fn_name is not None and not request.fn_name.isidentifier():
         return Outcome("bad_request", f"fn_name: {request.fn_name!r} is not a Python identifier")
     limits = resolve_limits(sandbox.config.limits, request.time_limit_s, request.memory_limit_mb)
     if isinstance(limits, str):
         return Outcome("bad_request", limits)
+    if request.test_program is not None:  # assertion style: one run, judged by its exit status
+        request = request.model_copy(update={"tests": [TestCase(input="", output="")]})
+    call_mode = request.fn_name is not None and request.test_program is None
     expected_values = _expected_values(request) if call_mode else None
     if isinstance(expected_values, str):
         return Outcome("bad_request", expected_values)
@@ -91,9 +92,15 @@ def _run(
     try:
         deadline = time.monotonic() + setup_timeout
         mode = "call" if expected_values is not None else "stdio"
-        jail.send_json(limits.setup(mode, request.fn_name), deadline)
+        setup = limits.setup(mode, request.fn_name)
+        if request.test_program is not None:
+            mode = "assert"
+            setup.update(mode=mode, test_program=request.test_program)
+        jail.send_json(setup, deadline)
         jail.send(source.encode("utf-8", "surrogateescape"), deadline)
         compiled = jail.recv_json(deadline)
+        if compiled.get("status") == "bad_test_program":
+            return Outcome("bad_request", f"test_program: {compiled.get('detail', '')}")
         if not compiled.get("ok"):
             return Outcome("syntax_error", str(compiled.get("detail", "")))
         started = True
@@ -104,7 +111,7 @@ def _run(
             header = jail.recv_json(deadline)
             stdout = jail.recv(deadline)
             expected = expected_values[index] if expected_values is not None else None
-            failure = _failure(index, len(tests), test, header, stdout, limits, mode == "call", expected)
+            failure = _failure(index, len(tests), test, header, stdout, limits, mode, expected)
             if failure is not None:
                 return failure
         return Outcome("accepted", f"passed all {len(tests)} tests")
@@ -127,7 +134,7 @@ def _failure(
     header: dict[str, Any],
     stdout: bytes,
     limits: TestLimits,
-    call_mode: bool,
+    mode: str,
     expected_value: Any,
 ) -> Outcome | None:
     where = f"test {index + 1}/{total}"
@@ -149,9 +156,18 @@ def _failure(
     if sig is not None:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         return Outcome("runtime_error", f"{where}: killed by {name} ({usage}) {_tail(stderr)}".strip())
+    if mode == "assert":
+        if report.get("outcome") == "no_method":
+            return Outcome("runtime_error", f"{where}: {report.get('message', '')}")
+        if report.get("type") == "AssertionError":
+            return Outcome("wrong_answer", f"{where}: an assertion failed {_tail(stderr, 3)}".strip())
     if exit_code != 0:
         return Outcome("runtime_error", f"{where}: exit status {exit_code} ({usage}) {_tail(stderr)}".strip())
-    if not call_mode:
+    if mode == "assert":
+        if report.get("outcome") != "checked":
+            return Outcome("wrong_answer", f"{where}: the program ended before the tests did")
+        return None
+    if mode == "stdio":
         difference = stdout_difference(test.output, stdout.decode("utf-8", "replace"))
         if difference is not None:
             return Outcome("wrong_answer", f"{where}: {difference}")

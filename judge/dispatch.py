@@ -31,7 +31,7 @@ Answer = Verdict | RunResult
 def request_bytes(request: JudgeRequest | RunRequest) -> int:
     if isinstance(request, RunRequest):
         return len(request.code) + len(request.stdin) + sum(map(len, request.files.values()))
-    size = len(request.response) + len(request.answer or "")
+    size = len(request.response) + len(request.answer or "") + len(request.test_program or "")
     for test in request.tests or ():
         size += len(test.input) + len(test.output)
     return size

@@ -153,9 +153,12 @@ class Runner:
         self.control_out = control_out
         self.pid1 = os.getpid() == 1
         self.call_mode = setup["mode"] == "call"
+        self.assert_mode = setup["mode"] == "assert"
         self.prelude = compile(PRELUDE, "<prelude>", "exec")
-        exec(self.prelude, {"__name__": "__prelude__"})  # import the modules now, once
+        self.prelude_names = {"__name__": "__prelude__"}
+        exec(self.prelude, self.prelude_names)  # import the modules now, once
         self.code = None
+        self.test_code = None
 
     # ---- in the test process -------------------------------------------------------------
     def child(self, stdin_fd, out_w, err_w, report_w):
@@ -223,6 +226,8 @@ class Runner:
             exec(self.code, namespace)
             if self.call_mode:
                 report = self.call(namespace, arguments)
+            elif self.assert_mode:
+                report = self.check(namespace)
         except SystemExit as stop:
             code, report = self.exit_status(stop.code)
         except BaseException as exc:  # the program's own failure, reported like Python would
@@ -240,18 +245,44 @@ class Runner:
             write_all(3, json.dumps(report).encode())
         return code
 
+    def own_function(self, namespace, name):
+        """`name` as the program defined it at top level (not a name the prelude brought in)."""
+        value = namespace.get(name)
+        if callable(value) and not isinstance(value, type) and value is not self.prelude_names.get(name):
+            return value
+        return None
+
     def call(self, namespace, arguments):
+        """A method of `class Solution` (LeetCode style), else a top-level function (Codewars style)."""
+        name = self.setup["fn_name"]
         solution = namespace.get("Solution")
-        if not isinstance(solution, type):
-            return {"outcome": "no_method", "message": "the program defines no class Solution"}
-        method = getattr(solution(), self.setup["fn_name"], None)
+        method = getattr(solution(), name, None) if isinstance(solution, type) else None
         if not callable(method):
-            return {"outcome": "no_method", "message": f"Solution has no method {self.setup['fn_name']!r}"}
+            method = self.own_function(namespace, name)
+        if method is None:
+            where = (
+                "Solution has no method"
+                if isinstance(solution, type)
+                else "the program defines no class Solution or function"
+            )
+            return {"outcome": "no_method", "message": f"{where} {name!r}"}
         value = method(*arguments)
         try:
             return {"outcome": "ok", "value": json.dumps(value)}
         except (TypeError, ValueError) as exc:
             return {"outcome": "not_json", "message": f"{type(value).__name__}: {exc}"[:300]}
+
+    def check(self, namespace):
+        """Assertion-style tests (HumanEval, MBPP): the test program, then `check(entry_point)`."""
+        exec(self.test_code, namespace)  # plain asserts (MBPP) fail here
+        check = namespace.get("check")
+        if callable(check):
+            name = self.setup["fn_name"]
+            target = self.own_function(namespace, name) if name else None
+            if target is None:
+                return {"outcome": "no_method", "message": f"the program defines no function {name!r}"}
+            check(target)
+        return {"outcome": "checked"}  # only here: an exit or os._exit on the way is no pass
 
     @staticmethod
     def exit_status(value):
@@ -465,6 +496,17 @@ class Runner:
         return found
 
     def compile_source(self, source):
+        if self.assert_mode:
+            try:  # the judge's own test program: a failure here is the request's, not the response's
+                self.test_code = compile(
+                    self.setup["test_program"], "test_program.py", "exec", dont_inherit=True
+                )
+            except (SyntaxError, ValueError) as exc:
+                return {
+                    "ok": False,
+                    "status": "bad_test_program",
+                    "detail": f"{type(exc).__name__}: {exc}"[:500],
+                }
         try:
             self.code = compile(source, SOURCE_NAME, "exec", dont_inherit=True)
         except SyntaxError as exc:

@@ -2,7 +2,8 @@
 
 math: {"id", "kind": "math", "response", "answer"}
 code: {"id", "kind": "code", "response", "tests": [{"input", "output"}], "fn_name"?,
-       "time_limit_s"?, "memory_limit_mb"?}
+       "time_limit_s"?, "memory_limit_mb"?}, or instead of "tests" a "test_program" (assertion
+       style: HumanEval's `check(candidate)`, called on "fn_name", or MBPP's plain asserts)
 verdict: {"id", "reward": 0 | 1, "status", "detail"}
 """
 
@@ -46,7 +47,8 @@ class Reference(Struct):
 
     answer: str | None = None
     tests: list[TestCase] | None = None
-    fn_name: str | None = None  # call-based problems: the method of `class Solution` to call
+    fn_name: str | None = None  # call-based: the method of `class Solution`, or a top-level function
+    test_program: str | None = None  # assertion style: run after the program; passes if it exits 0
     time_limit_s: float | None = Field(default=None, gt=0)
     memory_limit_mb: int | None = Field(default=None, gt=0)
 
@@ -63,11 +65,13 @@ class JudgeRequest(Message, Reference):
         if self.kind == "math":
             if self.answer is None:
                 raise ValueError("answer: a math request needs the reference answer")
-            if self.tests is not None or self.fn_name is not None:
+            if self.tests is not None or self.fn_name is not None or self.test_program is not None:
                 raise ValueError("tests: a math request carries no tests")
         else:
-            if not self.tests:
-                raise ValueError("tests: a code request needs at least one test case")
+            if self.test_program is not None and self.tests:
+                raise ValueError("tests: a request with a test_program carries no other tests")
+            if not self.tests and self.test_program is None:
+                raise ValueError("tests: a code request needs at least one test case, or a test_program")
             if self.answer is not None:
                 raise ValueError("answer: a code request carries tests, not an answer")
         return self

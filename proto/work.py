@@ -42,8 +42,8 @@ class WorkItem(Message, Reference):
             raise ValueError("prompt: give exactly one of prompt and prompt_token_ids")
         if self.kind == "math" and self.answer is None:
             raise ValueError("answer: a math item needs the reference answer")
-        if self.kind == "code" and not self.tests:
-            raise ValueError("tests: a code item needs at least one test case")
+        if self.kind == "code" and not self.tests and self.test_program is None:
+            raise ValueError("tests: a code item needs at least one test case, or a test_program")
         return self
 
 

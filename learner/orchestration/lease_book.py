@@ -101,7 +101,7 @@ class LeaseBook:
             kind=kind,
             stage=stage,
             policy_version=version,
-            prompt=template.format(prompt=prompt.prompt),
+            prompt=fill_template(template, prompt.prompt),
             apply_chat_template=True,
             sampling=sampling,
             lease_s=self.lease_s,
@@ -153,6 +153,12 @@ class LeaseBook:
         return cancel
 
 
+def fill_template(template: str, prompt: str) -> str:
+    """The stage's template with the prompt in it. Not `str.format`: a template may hold braces of
+    its own (`\\boxed{}`), which format would take for fields."""
+    return template.replace("{prompt}", prompt)
+
+
 def judge_fields(prompt: Prompt) -> dict[str, Any]:
     """What the judge checks a prompt's completions against."""
     if isinstance(prompt, MathPrompt):
@@ -161,6 +167,7 @@ def judge_fields(prompt: Prompt) -> dict[str, Any]:
     return {
         "tests": prompt.tests,
         "fn_name": prompt.fn_name,
+        "test_program": prompt.test_program,
         "time_limit_s": prompt.time_limit_s,
         "memory_limit_mb": prompt.memory_limit_mb,
     }

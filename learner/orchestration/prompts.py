@@ -1,7 +1,8 @@
 """Prompt sets: loading and validating them, and the order in which an epoch visits them.
 
 Math records are `{"id", "prompt", "answer"}`; code records are `{"id", "prompt", "tests":
-[{"input", "output"}], "fn_name"?, "time_limit_s"?, "memory_limit_mb"?}` (the judge's format).
+[{"input", "output"}], "fn_name"?, "time_limit_s"?, "memory_limit_mb"?}` or, instead of "tests",
+a "test_program" (assertion style; the judge's format). Other fields (`meta`) are kept out.
 Files: JSON Lines (`.jsonl`), a JSON array (`.json`), Parquet (`.parquet`), or a directory
 written by `datasets.Dataset.save_to_disk`.
 """
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from proto.judge import TestCase
 
@@ -34,10 +35,17 @@ class CodePrompt(BaseModel):
 
     id: str = Field(min_length=1, max_length=200)
     prompt: str = Field(min_length=1)
-    tests: list[TestCase] = Field(min_length=1)
+    tests: list[TestCase] | None = Field(default=None, min_length=1)
+    test_program: str | None = None
     fn_name: str | None = None
     time_limit_s: float | None = Field(default=None, gt=0)
     memory_limit_mb: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _tested(self) -> CodePrompt:
+        if (self.tests is None) == (self.test_program is None):
+            raise ValueError("tests: give test cases or a test_program (one of them)")
+        return self
 
 
 Prompt = MathPrompt | CodePrompt

@@ -142,10 +142,10 @@ def test_runtime_error_detail_holds_the_traceback_tail(sandbox: Sandbox) -> None
 
 
 def test_call_based_missing_class_or_method_is_a_runtime_error(sandbox: Sandbox) -> None:
-    outcome = judge_code(code_request("def f(x):\n    return x", [("1", "1")], fn_name="f"), sandbox)
+    outcome = judge_code(code_request("def g(x):\n    return x", [("1", "1")], fn_name="f"), sandbox)
     assert (outcome.status, outcome.detail) == (
         "runtime_error",
-        "test 1/1: the program defines no class Solution",
+        "test 1/1: the program defines no class Solution or function 'f'",
     )
     outcome = judge_code(code_request(call("return x"), [("1", "1")], fn_name="g"), sandbox)
     assert outcome.status == "runtime_error"
