@@ -133,7 +133,7 @@ def held_out_math(model_dir: Path, tasks: Path, limit: int = 200, max_tokens: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.reference_grpo import render, reward, sample
-    from learner.orchestration.prompts import load_prompts
+    from proto.prompt import load_prompts
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -36,9 +36,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from judge.math_check import judge_math
 from launch.recipe import Recipe, load_recipe
-from learner.orchestration.prompts import MathPrompt, PromptOrder, load_prompts
+from learner.orchestration.prompts import PromptOrder
 from learner.orchestration.schedule import Stage
 from proto.judge import REWARDED_STATUSES
+from proto.prompt import MathPrompt, load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_GENERATE = 256  # bounds the KV cache of one `generate` call

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from learner.on_policy import OnPolicyClock
 from learner.orchestration.lease_book import LeaseBook
-from learner.orchestration.prompts import Prompt
 from learner.training.grpo import is_unjudged
+from proto.prompt import Prompt
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from learner.orchestration.prompts import CodePrompt, MathPrompt, Prompt
+from proto.prompt import CodePrompt, MathPrompt, Prompt
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem
 

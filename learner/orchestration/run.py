@@ -23,7 +23,6 @@ from learner.orchestration.batch_log import BatchLog
 from learner.orchestration.dispatcher import Dispatcher
 from learner.orchestration.evaluation import EvalRound
 from learner.orchestration.loop import BatchSource, Taken, run_loop
-from learner.orchestration.prompts import Prompt, load_prompts
 from learner.orchestration.schedule import Stage
 from learner.orchestration.step_timeline import by_generator, wait_parts
 from learner.orchestration.work_ledger import WorkLedger, split_work_id
@@ -33,6 +32,7 @@ from learner.training.grpo import Batch
 from learner.training.publisher import WeightPublisher
 from learner.training.trainer import Learner
 from proto.curve import CurveServerKeys
+from proto.prompt import Prompt, load_prompts
 from proto.ready import announce_ready
 from proto.rollout import RolloutGroup
 from proto.weights import WeightAnnounce

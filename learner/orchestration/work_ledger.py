@@ -26,10 +26,11 @@ import structlog
 
 from learner.on_policy import OnPolicyClock
 from learner.orchestration.lease_book import LeaseBook
-from learner.orchestration.prompts import Prompt, PromptOrder
+from learner.orchestration.prompts import PromptOrder
 from learner.orchestration.schedule import Schedule, Stage
 from learner.training.grpo import Batch, screen
 from proto.judge import REWARDED_STATUSES
+from proto.prompt import Prompt
 from proto.rollout import RolloutGroup
 from proto.work import SamplingParams, WorkItem
 

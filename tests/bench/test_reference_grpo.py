@@ -8,8 +8,9 @@ import pytest
 
 from bench import reference_grpo
 from bench.reference_grpo import Completion, sample_batch
-from learner.orchestration.prompts import MathPrompt, PromptOrder
+from learner.orchestration.prompts import PromptOrder
 from learner.orchestration.schedule import Schedule
+from proto.prompt import MathPrompt
 
 
 def schedule(dynamic: bool, limit: float = 1.0) -> Schedule:

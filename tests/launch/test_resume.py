@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from learner.orchestration.batch_log import read_batches
-from learner.orchestration.prompts import load_prompts
 from learner.orchestration.run import RunConfig
 from learner.orchestration.work_ledger import WorkLedger, work_id
 from learner.training import checkpoint
+from proto.prompt import load_prompts
 from tests.launch import supervised
 
 pytestmark = pytest.mark.slow

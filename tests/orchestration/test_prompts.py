@@ -8,7 +8,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from learner.orchestration.prompts import CodePrompt, MathPrompt, PromptOrder, PromptSetError, load_prompts
+from learner.orchestration.prompts import PromptOrder
+from proto.prompt import CodePrompt, MathPrompt, PromptSetError, load_prompts
 
 MATH = [
     {"id": "a", "prompt": "1+1?", "answer": "2"},

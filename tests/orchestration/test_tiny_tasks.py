@@ -8,8 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from learner.orchestration.prompts import load_prompts
 from learner.tiny.tasks import code_items, math_items, write_tasks
+from proto.prompt import load_prompts
 
 
 def test_splits_are_disjoint_and_load_as_prompt_sets(tmp_path: Path) -> None:

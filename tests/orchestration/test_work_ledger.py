@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from learner.orchestration.prompts import CodePrompt, MathPrompt, Prompt
 from learner.orchestration.schedule import Schedule, Stage
 from learner.orchestration.work_ledger import WorkLedger, split_work_id
 from proto.judge import TestCase as Case
+from proto.prompt import CodePrompt, MathPrompt, Prompt
 from proto.rollout import Completion, RolloutGroup
 from proto.work import WorkItem
 
