@@ -30,6 +30,7 @@ import structlog
 from transformers import AutoTokenizer
 
 from generator.config import EngineConfig
+from generator.thinking import prompt_opens_think
 from generator.weight_loader import EngineLoader, WeightPath, engine_kwargs
 from generator.weight_set import (
     Arrivals,
@@ -201,6 +202,10 @@ class Engine:
         if ids.min() < 0 or ids.max() >= vocab:
             raise PromptError(f"prompt token ids outside the vocabulary [0, {vocab})")
         return ids
+
+    def opens_think(self, prompt_token_ids: np.ndarray) -> bool:
+        """Whether the rendered prompt ends inside an open `<think>` (see generator/thinking.py)."""
+        return prompt_opens_think(self.tokenizer, prompt_token_ids)
 
     def sampling_params(self, sampling: WorkSampling, prompt_len: int) -> Any:
         """vLLM sampling parameters; max_tokens shrinks to what the context still holds."""

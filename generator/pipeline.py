@@ -53,6 +53,7 @@ class Held:
     version: int | None = None  # the weights that sampled it
     started: float = 0.0
     prompt_token_ids: np.ndarray | None = None
+    opened_think: bool = False  # the rendered prompt ended with <think>: responses start inside it
     samples: list[Sample] | None = None
     verdicts: dict[int, Verdict] = field(default_factory=dict)
     judge_tries: dict[int, int] = field(default_factory=dict)
@@ -297,6 +298,7 @@ class Pipeline:
                     item.prompt, item.prompt_token_ids, item.apply_chat_template
                 )
                 params = self.engine.sampling_params(item.sampling, len(prompt))
+                held.opened_think = self.engine.opens_think(prompt)
             except PromptError as exc:
                 log.error("prompt_rejected", work_id=item.id, error=str(exc))
                 del self.held[item.id]
@@ -339,7 +341,7 @@ class Pipeline:
             judge_id = self._judge_id(held.item, index)
             self.by_judge_id[judge_id] = (held.item.id, index, held.item.attempt)
             held.judge_tries[index] = 1
-            requests.append(judge_request(held.item, judge_id, sample))
+            requests.append(judge_request(held.item, judge_id, sample, held.opened_think))
         self.judge.submit(requests)
 
     def _judge_id(self, item: WorkItem, index: int) -> str:
@@ -368,7 +370,7 @@ class Pipeline:
                 held.judge_tries[index] = tries + 1
                 self.by_judge_id[verdict.id] = key
                 assert held.samples is not None
-                resubmit.append(judge_request(held.item, verdict.id, held.samples[index]))
+                resubmit.append(judge_request(held.item, verdict.id, held.samples[index], held.opened_think))
                 continue
             held.verdicts[index] = verdict
             if len(held.verdicts) == len(held.samples or ()):

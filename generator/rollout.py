@@ -12,14 +12,29 @@ from proto.rollout import Completion, RolloutGroup
 from proto.work import WorkItem
 
 
-def judge_request(item: WorkItem, request_id: str, sample: Sample) -> JudgeRequest:
-    """What the judge needs to score one completion of `item` (the judge contract in proto/judge.py)."""
+def judge_request(
+    item: WorkItem, request_id: str, sample: Sample, opened_think: bool = False
+) -> JudgeRequest:
+    """What the judge needs to score one completion of `item` (the judge contract in proto/judge.py).
+
+    `opened_think`: the rendered prompt ended with `<think>` (generator/thinking.py).
+    """
+    truncated = sample.finish_reason == "length"
     if item.kind == "math":
-        return JudgeRequest(id=request_id, kind="math", response=sample.text, answer=item.answer)
+        return JudgeRequest(
+            id=request_id,
+            kind="math",
+            response=sample.text,
+            answer=item.answer,
+            opened_think=opened_think,
+            truncated=truncated,
+        )
     return JudgeRequest(
         id=request_id,
         kind="code",
         response=sample.text,
+        opened_think=opened_think,
+        truncated=truncated,
         tests=item.tests,
         fn_name=item.fn_name,
         test_program=item.test_program,

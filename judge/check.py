@@ -53,7 +53,13 @@ def _bad(ident: str, detail: str) -> Verdict:
 def _write(out: IO[str], verdict: Verdict) -> None:
     out.write(
         json.dumps(
-            {"id": verdict.id, "reward": verdict.reward, "status": verdict.status, "detail": verdict.detail}
+            {
+                "id": verdict.id,
+                "reward": verdict.reward,
+                "status": verdict.status,
+                "detail": verdict.detail,
+                "truncated": verdict.truncated,
+            }
         )
         + "\n"
     )

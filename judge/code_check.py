@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from judge.compare import stdout_difference, value_difference
-from judge.extract import final_text, last_python_block
+from judge.extract import final_text, last_python_block, unclosed_think
 from judge.jail import Jail, JailBroken, set_aside
 from judge.outcome import Outcome
 from judge.sandbox import Sandbox, TestLimits, resolve_limits
@@ -61,9 +61,9 @@ def judge_code(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
     expected_values = _expected_values(request) if call_mode else None
     if isinstance(expected_values, str):
         return Outcome("bad_request", expected_values)
-    text = final_text(request.response)
+    text = final_text(request.response, request.opened_think)
     if text is None:
-        return Outcome("no_code", "the response never closes its <think> block")
+        return Outcome("no_code", unclosed_think(request.opened_think))
     source = last_python_block(text)
     if source is None:
         where = "after the last </think>" if "</think>" in request.response else "in the response"

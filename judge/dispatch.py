@@ -44,7 +44,7 @@ def answer(request: JudgeRequest | RunRequest, result: Outcome | RunResult) -> A
     if isinstance(request, RunRequest):  # a bad request, a deadline or a dead worker: not the program's
         status = "bad_request" if result.status == "bad_request" else "sandbox_error"
         return RunResult(id=request.id, status=status, detail=result.detail[:4000])
-    return result.verdict(request.id)
+    return result.verdict(request.id, request.truncated)
 
 
 def _counted_status(result: Answer) -> str:

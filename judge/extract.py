@@ -19,18 +19,27 @@ _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([^\n`]*)$", re.MULTILINE)
 _PYTHON_INFO = frozenset({"python", "python3", "py"})
 
 
-def final_text(response: str) -> str | None:
+def final_text(response: str, opened_think: bool = False) -> str | None:
     """The text after the last `</think>`; the whole response if it never thinks; None while thinking.
 
     A response that opens `<think>` and never closes it was cut off (or gave up) inside its
-    reasoning: nothing in it counts as a final answer.
+    reasoning: nothing in it counts as a final answer. With `opened_think` the prompt itself
+    ended with `<think>` (DeepSeek-R1-Distill's template does), so the response starts inside the
+    reasoning and only a `</think>` ends it.
     """
     close = response.rfind(THINK_CLOSE)
     if close >= 0:
         return response[close + len(THINK_CLOSE) :]
-    if THINK_OPEN in response:
+    if opened_think or THINK_OPEN in response:
         return None
     return response
+
+
+def unclosed_think(opened_think: bool) -> str:
+    """Why a response that never left its reasoning gave no answer (a verdict's detail)."""
+    if opened_think:
+        return "the prompt opened <think> and the response never closes it"
+    return "the response never closes its <think> block"
 
 
 def last_boxed(text: str) -> str | None:

@@ -11,7 +11,8 @@ class Outcome(NamedTuple):
     status: VerdictStatus
     detail: str = ""
 
-    def verdict(self, request_id: str) -> Verdict:
+    def verdict(self, request_id: str, truncated: bool = False) -> Verdict:
+        """The wire verdict; `truncated` is the request's flag, carried through for the trainer."""
         detail = self.detail
         if len(detail) > MAX_DETAIL_CHARS:
             detail = detail[: MAX_DETAIL_CHARS - 15] + " ...(truncated)"
@@ -20,4 +21,5 @@ class Outcome(NamedTuple):
             reward=1 if self.status in REWARDED_STATUSES else 0,
             status=self.status,
             detail=detail,
+            truncated=truncated,
         )

@@ -28,7 +28,7 @@ def judge(request: JudgeRequest, sandbox: Sandbox) -> Outcome:
     """Judge one request in this process (what a worker does; also usable directly)."""
     if request.kind == "math":
         assert request.answer is not None
-        return judge_math(request.response, request.answer)
+        return judge_math(request.response, request.answer, request.opened_think)
     return judge_code(request, sandbox)
 
 

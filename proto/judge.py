@@ -4,7 +4,9 @@ math: {"id", "kind": "math", "response", "answer"}
 code: {"id", "kind": "code", "response", "tests": [{"input", "output"}], "fn_name"?,
        "time_limit_s"?, "memory_limit_mb"?}, or instead of "tests" a "test_program" (assertion
        style: HumanEval's `check(candidate)`, called on "fn_name", or MBPP's plain asserts)
-verdict: {"id", "reward": 0 | 1, "status", "detail"}
+either kind also takes "opened_think" (the prompt ended inside an open <think> block) and
+"truncated" (sampling stopped at max tokens)
+verdict: {"id", "reward": 0 | 1, "status", "detail", "truncated"}
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class JudgeRequest(Message, Reference):
     id: str = Field(min_length=1, max_length=256)
     kind: Literal["math", "code"]
     response: str
+    # Templates such as DeepSeek-R1-Distill's end the prompt with `<think>`: the response then
+    # starts inside the reasoning and holds only `</think>`, so without `</think>` it gave no answer.
+    opened_think: bool = False
+    # Sampling stopped at max tokens; echoed on the verdict so that a cut-off response is visible.
+    truncated: bool = False
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> JudgeRequest:
@@ -84,6 +91,7 @@ class Verdict(Message):
     reward: Literal[0, 1]
     status: VerdictStatus
     detail: str = Field(default="", max_length=MAX_DETAIL_CHARS)
+    truncated: bool = False  # the request's flag: the response was cut off at max tokens
 
     @model_validator(mode="after")
     def _reward_matches_status(self) -> Verdict:

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 
 # Bump on any change of a message's fields; peers of different versions refuse each other.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 REGISTRY: dict[str, type[Message]] = {}
 

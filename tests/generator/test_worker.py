@@ -40,6 +40,9 @@ class StubEngine:
     def render_prompt(self, prompt: str | None, ids: np.ndarray | None, template: bool) -> np.ndarray:
         return np.array([1, 2, 3], dtype=np.int32)
 
+    def opens_think(self, prompt: np.ndarray) -> bool:
+        return False
+
     def sampling_params(self, sampling, prompt_len):  # type: ignore[no-untyped-def]
         return sampling
 

@@ -55,7 +55,7 @@ def _check(*args: str) -> list[dict[str, object]]:
 
 def _assert_verdicts(verdicts: list[dict[str, object]]) -> None:
     assert [(v["id"], v["status"]) for v in verdicts] == [(ident, status) for _, ident, status in LINES]
-    assert all(set(v) == {"id", "reward", "status", "detail"} for v in verdicts)
+    assert all(set(v) == {"id", "reward", "status", "detail", "truncated"} for v in verdicts)
     assert [v["reward"] for v in verdicts] == [int(s in ("correct", "accepted")) for _, _, s in LINES]
     details = {v["id"] or f"line{i}": v["detail"] for i, v in enumerate(verdicts, start=1)}
     assert details["line2"].startswith("line 2: not JSON")

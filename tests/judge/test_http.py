@@ -172,6 +172,9 @@ def test_judge_and_batch_answer_verdicts_under_the_callers_ids(served: str) -> N
         ("c1", "accepted"),
         ("7", "correct"),
     ]
+    opened = {**right, "response": "so \\boxed{0.5}", "opened_think": True, "truncated": True}
+    cut = post(f"{served}/judge", opened).json()  # the prompt opened <think>; no </think> came
+    assert (cut["status"], cut["truncated"]) == ("no_answer", True)
     bad = post(f"{served}/judge", {"id": "x", "kind": "math", "response": "1"})
     assert bad.status_code == 400 and bad.json()["detail"].startswith("answer")
 
