@@ -4,6 +4,8 @@
     acerl judge serve|check [key=value ...]             the judge (launch/judge.sh)
     acerl generator [key=value ...]                     one more generator (launch/generator.sh)
     acerl learner run|train|demo [key=value ...]        the learner alone
+    acerl eval --model DIR --prompts FILE [--k K] ...     score a model alone: per prompt, pass@k
+    acerl data convert|dedup|decontaminate|passrate|select ...   prepare prompt sets (docs/data.md)
 
 Every part reads its settings the same way: defaults, then --config FILE (YAML), then dotted
 key=value overrides; `acerl PART --help` lists the fields.
@@ -41,11 +43,29 @@ def _learner(argv: list[str]) -> int:
     return main(argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from launch.evaluate import main
+
+    return main(argv)
+
+
+def _data(argv: list[str]) -> int:
+    if argv[:1] == ["passrate"]:  # sampled through the generators and the judge, as `acerl eval`
+        from launch.evaluate import passrate_main
+
+        return passrate_main(argv[1:])
+    from dataprep.__main__ import main
+
+    return main(argv, prog="acerl data")
+
+
 COMMANDS: dict[str, tuple[Main, str]] = {
     "run": (_run, "train on this node: judge, generators and learner, supervised"),
     "judge": (_judge, "the verification service: serve, or check JSON Lines"),
     "generator": (_generator, "a rollout worker around vLLM, for a running training"),
     "learner": (_learner, "the learner alone: run (with the dispatcher), train (from a file), demo"),
+    "eval": (_eval, "score a model on a prompt set: per-prompt results, avg@k and pass@k"),
+    "data": (_data, "prepare prompt sets: convert, dedup, decontaminate, passrate, select"),
 }
 
 

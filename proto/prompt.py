@@ -57,7 +57,7 @@ class PromptSetError(ValueError):
     pass
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
+def records(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, record) pairs; `where` names the line or row for error messages."""
     if path.is_dir() or path.suffix == ".parquet":
         import datasets  # only needed for these formats
@@ -91,7 +91,7 @@ def load_prompts(path: Path, kind: Kind) -> list[Prompt]:
     model = MathPrompt if kind == "math" else CodePrompt
     prompts: list[Prompt] = []
     seen: dict[str, str] = {}
-    for where, record in _records(path):
+    for where, record in records(path):
         if not isinstance(record, dict):
             raise PromptSetError(f"{where}: expected an object, got {type(record).__name__}")
         try:
