@@ -70,9 +70,20 @@ def learner_launcher(ranks: int) -> list[str]:
 
 class Supervisor:
     def __init__(
-        self, recipe: Recipe, run_dir: Path, *, resume: bool, max_steps: int | None, gpus: int | None = None
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        *,
+        resume: bool,
+        max_steps: int | None,
+        gpus: int | None = None,
+        evaluate: list[str] | None = None,
+        judge_address: str | None = None,
     ) -> None:
+        """`evaluate`: run `python -m learner eval` with these arguments in the learner's place
+        (`acerl eval`); `judge_address`: use the judge running there instead of starting one."""
         self.recipe = recipe
+        self.external_judge = judge_address
         self.run_dir = run_dir
         self.resume = resume
         self.max_steps = max_steps
@@ -100,7 +111,11 @@ class Supervisor:
             ready / "judge.json",
         )
         self.judge.argv += ["--ready-file", str(self.judge.ready_file)]
+        if judge_address is not None:
+            self.judge.address = judge_address
         learner_argv = [*learner_launcher(r.learner.ranks), "run", "--config", str(run_dir / "learner.yaml")]
+        if evaluate is not None:
+            learner_argv = [py, "-m", "learner", "eval", "--config", str(run_dir / "learner.yaml"), *evaluate]
         learner_argv += ["--ready-file", str(ready / "learner.json")]
         if resume:
             learner_argv.append("--resume")
@@ -228,12 +243,17 @@ class Supervisor:
         self.joining[component.name] = time.monotonic() + self.recipe.ready_timeout_s
 
     def start_all(self) -> None:
-        self.judge.start(self.env)
-        self.write_components()
-        self.wait_ready(self.judge, lambda: self.announced(self.judge, "address", StatsRequest()))
-        console.print(f"judge ready at {self.judge.address}")
-        # generators keep this address: a restarted judge binds the same port again
-        self.judge.argv.append(f"bind={self.judge.address}")
+        if self.external_judge is not None:
+            if answers(self.external_judge, StatsRequest()) is None:
+                raise RuntimeError(f"no judge answers at {self.external_judge}")
+            console.print(f"using the judge at {self.external_judge}")
+        else:
+            self.judge.start(self.env)
+            self.write_components()
+            self.wait_ready(self.judge, lambda: self.announced(self.judge, "address", StatsRequest()))
+            console.print(f"judge ready at {self.judge.address}")
+            # generators keep this address: a restarted judge binds the same port again
+            self.judge.argv.append(f"bind={self.judge.address}")
         self.learner.start(self.env)
         self.write_components()
         beat = Heartbeat(sender="supervisor", role="client", time=0.0)
@@ -273,8 +293,11 @@ class Supervisor:
                     f"(log: {generator.log}):\n{generator.log_tail()}"
                 )
 
-    def watch(self) -> int:
+    def watch(self, shown: Callable[[], Any] | None = None) -> int:
+        """Restart what dies until the learner exits; its exit code. `shown()` is the live line
+        (default: the training's progress from metrics.jsonl)."""
         metrics = self.run_dir / "metrics.jsonl"
+        shown = shown or (lambda: progress_line(metrics))
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             while not self.stopping:
                 code = self.learner.exit_code
@@ -284,7 +307,7 @@ class Supervisor:
                     if component.exit_code is not None:
                         self.restart(component)
                 self.watch_joining()
-                live.update(progress_line(metrics))
+                live.update(shown())
                 time.sleep(0.5)
         return 130
 

@@ -1,6 +1,7 @@
 """`python -m learner`: the training run, or GRPO on rollout groups from a file or a demo task.
 
     python -m learner run --config RUN.yaml [--resume] [--max-steps N] [--ready-file PATH] [key=value ...]
+    python -m learner eval --config RUN.yaml --prompts FILE --out DIR [--k K] ... [key=value ...]
     python -m learner train --rollouts groups.bin --groups-per-step 8 [--config run.yaml] [key=value ...]
     python -m learner demo --steps 20 [--config run.yaml] [key=value ...]
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # `run` is taken apart before this parser (learner/orchestration/run.py); listed for --help
     sub.add_parser("run", help="the full run: dispatcher, version gate, stage schedule (run --help)")
+    sub.add_parser("eval", help="score one prompt set with generators and a judge (eval --help)")
     for name, text in (
         ("train", "train on rollout groups read from a file"),
         ("demo", "train on the built-in bandit task, sampling from the policy itself"),
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         from learner.orchestration.run import main as run_main
 
         return run_main(argv[1:])
+    if argv[:1] == ["eval"]:  # one held-out set alone: a dispatcher for generators, no training
+        from learner.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     args = parse_command_line(_parser(), argv)
     configure_logging(component_name(), args.log_level)
     try:

@@ -158,7 +158,14 @@ class EvalConfig(Section):
     greedy: bool = True  # also one greedy completion per prompt
     between_stages: Literal["full", "greedy", "none"] = "greedy"
     max_tokens: int | None = Field(default=None, ge=1)  # default: the longest of the schedule's stages
-    timeout_s: float = Field(default=1800.0, gt=0)
+    # A round may take timeout_s plus timeout_s_per_ktoken for every thousand tokens it could
+    # generate (prompts x k x max_tokens): one fixed deadline that fits the tiny default would
+    # end a 32K-token LiveCodeBench round before it got going.
+    timeout_s: float = Field(default=600.0, gt=0)
+    timeout_s_per_ktoken: float = Field(default=1.0, ge=0)
+
+    def round_timeout_s(self, prompts: int, k: int, max_tokens: int) -> float:
+        return self.timeout_s + self.timeout_s_per_ktoken * prompts * k * max_tokens / 1000
 
 
 class RunConfig(LearnerConfig):

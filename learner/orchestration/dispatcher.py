@@ -139,13 +139,18 @@ class Dispatcher:
             for generator_id in self.generators:
                 self._outbox.append((generator_id, announcement))
 
-    def evaluate(self, evaluation: EvalRound, timeout_s: float) -> EvalRound:
-        """Run one held-out evaluation round to its end (its items go out before training work)."""
+    def evaluate(
+        self, evaluation: EvalRound, timeout_s: float, progress: Callable[[int], None] | None = None
+    ) -> EvalRound:
+        """Run one held-out evaluation round to its end (its items go out before training work);
+        `progress` hears how many prompts are scored so far, about once a second."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
             self.eval_round = evaluation
             try:
                 while not evaluation.done:
+                    if progress is not None:
+                        progress(len(evaluation.results))
                     if not self._thread.is_alive():
                         raise RuntimeError("the dispatcher thread has stopped")
                     remaining = deadline - time.monotonic()

@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 
 from learner.config import EvalSet, RunConfig
+from learner.evaluate import default_max_tokens, new_round, score
 from learner.metrics import EvalRecord, MetricsWriter
 from learner.on_policy import OnPolicyClock
 from learner.orchestration.batch_log import BatchLog
 from learner.orchestration.dispatcher import Dispatcher
-from learner.orchestration.evaluation import EvalRound
 from learner.orchestration.loop import BatchSource, Taken, run_loop
 from learner.orchestration.schedule import Stage
 from learner.orchestration.step_timeline import by_generator, wait_parts
@@ -143,8 +143,8 @@ def _evaluate(
     *,
     full: bool = True,
 ) -> None:
-    """Score every held-out set with the current weights; one `eval` record per set and mode.
-    Not `full`: what `eval.between_stages` asks for."""
+    """Score every held-out set with the current weights; one `eval` record per set and mode, and
+    its per-prompt results under <run_dir>/eval/. Not `full`: what `eval.between_stages` asks for."""
     e = cfg.eval
     stages = cfg.schedule.stages
     greedy = [(1, 0.0)] if e.greedy else []
@@ -153,28 +153,21 @@ def _evaluate(
     else:
         modes = greedy if e.between_stages == "greedy" else []
     for spec, prompts in eval_sets:
-        longest = max((s.max_response_tokens for s in stages if s.kind == spec.task), default=None)
-        max_tokens = e.max_tokens or longest or max(s.max_response_tokens for s in stages)
-        like = _stage_like(stages, spec.task, stage)
-        stop = like.stop if like is not None else []
         for k, temperature in modes:
             mode = "greedy" if temperature == 0 else f"avg{k}"
             sampling = SamplingParams(
-                n=k, max_tokens=max_tokens, temperature=temperature, top_p=e.top_p, stop=stop
+                n=k, max_tokens=default_max_tokens(cfg, spec.task), temperature=temperature, top_p=e.top_p
             )
-            evaluation = EvalRound(
-                f"{learner.step}/{spec.task}/{mode}",
-                spec.task,
-                prompts,
-                sampling,
-                on_policy=learner.on_policy,
-                stage=stage,
-                lease_s=cfg.schedule.lease_s,
-                template=like.prompt_template if like is not None else "{prompt}",
-                max_attempts=cfg.schedule.max_attempts,
-            )
-            started = time.perf_counter()
-            dispatcher.evaluate(evaluation, e.timeout_s)
+            tag = f"{learner.step}/{spec.task}/{mode}"
+            evaluation = new_round(cfg, tag, spec.task, prompts, sampling, learner.on_policy, stage)
+            directory = cfg.run_dir / "eval" / f"step{learner.step:06d}-{spec.task}-{mode}"
+            settings = {
+                "step": learner.step,
+                "stage": stage,
+                "task": spec.task,
+                "prompts_file": str(spec.prompts),
+            }
+            summary = score(dispatcher, evaluation, e, directory, settings)
             record = EvalRecord(
                 step=learner.step,
                 stage=stage,
@@ -186,7 +179,7 @@ def _evaluate(
                 temperature=temperature,
                 n=len(evaluation.results),
                 skipped=evaluation.skipped,
-                eval_s=time.perf_counter() - started,
+                eval_s=summary["eval_s"],
             )
             metrics.write(record)
             log.info("evaluated", **record.model_dump(include={"step", "task", "mode", "accuracy", "n"}))
@@ -195,16 +188,6 @@ def _evaluate(
 def ends_its_task(stages: list[Stage], index: int) -> bool:
     """Is stage `index` the last of a run of stages of one task (where that task's gain is read)?"""
     return index + 1 == len(stages) or stages[index + 1].kind != stages[index].kind
-
-
-def _stage_like(stages: list[Stage], task: str, at: int) -> Stage | None:
-    """The stage whose prompt template and stop strings an evaluation of `task` after stage `at`
-    uses, as its training does: the last stage of that task up to `at`, else the first after."""
-    of_task = [index for index, stage in enumerate(stages) if stage.kind == task]
-    if not of_task:
-        return None
-    up_to = [index for index in of_task if index <= at]
-    return stages[up_to[-1] if up_to else of_task[0]]
 
 
 class ScheduleSource(BatchSource):

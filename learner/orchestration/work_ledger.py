@@ -75,6 +75,14 @@ class WorkLedger(LeaseBook):
         self.epoch_solved: set[str] = set()  # prompt ids every completion solved this epoch
         self.zero_variance_this_step = 0
 
+    @classmethod
+    def evaluation_only(cls, schedule: Schedule, on_policy: OnPolicyClock) -> WorkLedger:
+        """A ledger past its last stage: it issues no training work, so that a dispatcher over it
+        serves held-out evaluation rounds alone (`python -m learner eval`)."""
+        ledger = cls(schedule, [[] for _ in schedule.stages], on_policy)
+        ledger.stage_index = len(schedule.stages)
+        return ledger
+
     # -- where the schedule stands ------------------------------------------------------------
 
     @property

@@ -3,6 +3,7 @@ strings), and the round keeps its leases in the same lease book as training work
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -83,13 +84,13 @@ def test_the_run_evaluates_each_task_in_the_template_of_its_stage(tmp_path: Path
         }
     )  # fmt: skip
     eval_sets = [
-        (SimpleNamespace(task="math"), math_prompts(1)),
-        (SimpleNamespace(task="code"), code_prompts(1)),
+        (SimpleNamespace(task="math", prompts=Path("m.jsonl")), math_prompts(1)),
+        (SimpleNamespace(task="code", prompts=Path("c.jsonl")), code_prompts(1)),
     ]
     issued: list[WorkItem] = []
 
     class Dispatcher:
-        def evaluate(self, evaluation: EvalRound, timeout_s: float) -> EvalRound:
+        def evaluate(self, evaluation: EvalRound, timeout_s: float, progress: object = None) -> EvalRound:
             for item in evaluation.issue("g0", 10):
                 issued.append(item)
                 evaluation.accept(answer(item))
@@ -108,9 +109,14 @@ def test_the_run_evaluates_each_task_in_the_template_of_its_stage(tmp_path: Path
         ("Code: print 0", ["```\n"]),
     ]
     assert [r.accuracy for r in metrics.records] == [0.5] * 4
+    # each round's per-prompt results, beside its record
+    written = sorted(p.parent.name for p in (tmp_path / "eval").glob("*/per_prompt.jsonl"))
+    assert written == ["step000000-code-avg2", "step000000-math-avg2"]  # step 0 twice: overwritten
+    row = json.loads((tmp_path / "eval/step000000-math-avg2/per_prompt.jsonl").read_text())
+    assert row["id"] == "m0" and row["k"] == 2 and row["correct"] == 1 and row["pass1"] == 0.5
 
 
-def test_between_stages_of_one_task_only_what_between_stages_asks_is_scored() -> None:
+def test_between_stages_of_one_task_only_what_between_stages_asks_is_scored(tmp_path: Path) -> None:
     stage = {"max_response_tokens": 8, "batch_prompts": 2, "n": 2, "learning_rate": 1e-6, "steps": 1}
     stages = [
         {"name": "m", "kind": "math", "prompts": "m.jsonl", **stage},
@@ -121,7 +127,7 @@ def test_between_stages_of_one_task_only_what_between_stages_asks_is_scored() ->
     assert [ends_its_task(schedule.stages, i) for i in range(3)] == [False, True, True]
 
     class Dispatcher:
-        def evaluate(self, evaluation: EvalRound, timeout_s: float) -> EvalRound:
+        def evaluate(self, evaluation: EvalRound, timeout_s: float, progress: object = None) -> EvalRound:
             for item in evaluation.issue("g0", 10):
                 evaluation.accept(answer(item))
             return evaluation
@@ -129,12 +135,12 @@ def test_between_stages_of_one_task_only_what_between_stages_asks_is_scored() ->
     modes = {}
     for between in ("full", "greedy", "none"):
         cfg = RunConfig.model_validate(
-            {"eval": {"k": 2, "between_stages": between}, "schedule": {"stages": stages}}
+            {"run_dir": tmp_path, "eval": {"k": 2, "between_stages": between}, "schedule": {"stages": stages}}
         )
         learner = SimpleNamespace(step=0, on_policy=OnPolicyClock())
         metrics = SimpleNamespace(records=[])
         metrics.write = metrics.records.append
-        sets = [(SimpleNamespace(task="math"), math_prompts(1))]
+        sets = [(SimpleNamespace(task="math", prompts=Path("m.jsonl")), math_prompts(1))]
         for full in (True, False):
             _evaluate(cfg, sets, learner, Dispatcher(), metrics, stage=0, full=full)  # type: ignore[arg-type]
         modes[between] = [r.mode for r in metrics.records]
