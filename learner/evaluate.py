@@ -193,7 +193,9 @@ def parser() -> argparse.ArgumentParser:
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The flags `acerl eval` passes through to this process."""
     p.add_argument("--prompts", type=Path, required=True, help="a prompt set (docs/orchestration.md)")
-    p.add_argument("--task", choices=["math", "code"], help="default: read from the first record")
+    p.add_argument(
+        "--task", "--kind", dest="task", choices=["math", "code"], help="default: from the first record"
+    )
     p.add_argument("--k", type=int, help="samples per prompt (default: the recipe's eval.k)")
     p.add_argument("--temperature", type=float, help="default: the recipe's eval.temperature; 0 is greedy")
     p.add_argument("--top-p", type=float, help="default: the recipe's eval.top_p")

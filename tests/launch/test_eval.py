@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.judge_daemon import judge_daemon
 from tests.launch.supervised import ROOT, SupervisorRun, scaled_tiny, write_recipe
 
 pytestmark = pytest.mark.slow
@@ -59,12 +60,21 @@ def test_acerl_eval_agrees_with_the_evaluation_inside_training(tmp_path: Path) -
     assert summary["avg@1"] == pytest.approx(sum(r["pass1"] for r in alone.values()) / LIMIT)
     assert "avg@1" in done.stderr + done.stdout
 
+    # pass rates, judged by a judge already running (a standalone verification service)
     passrate = tmp_path / "passrate.jsonl"
-    done = acerl(
-        "data", "passrate", "--recipe", str(recipe_path), "--prompts", str(heldout), "--limit", "6",
-        "--n", "4", "--output", str(passrate), "generators=1",
-    )  # fmt: skip
+    judge = judge_daemon("tcp://127.0.0.1:0", workers=1)
+    try:
+        done = acerl(
+            "data", "passrate", "--recipe", str(recipe_path), "--prompts", str(heldout), "--limit", "6",
+            "--n", "4", "--output", str(passrate), "--judge", judge.address, "generators=1",
+        )  # fmt: skip
+    finally:
+        judge.stop()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"using the judge at {judge.address}" in done.stdout + done.stderr
+    # the running judge gave the verdicts: its closing counts hold them
+    stats = [line for line in judge.log if "judge_stats" in line]
+    assert stats and ("correct" in stats[-1] or "wrong_answer" in stats[-1]), judge.tail()
     lines = [json.loads(line) for line in passrate.read_text().splitlines()]
     assert [set(line) for line in lines] == [{"id", "n", "correct"}] * 6
     assert all(line["n"] == 4 and 0 <= line["correct"] <= 4 for line in lines)
