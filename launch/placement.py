@@ -318,8 +318,10 @@ def place(
     return Plan(gpus, memory, components)
 
 
-def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
-    """The recipe's plan for a node of `gpus` GPUs (None: the GPUs this process sees)."""
+def plan_recipe(recipe: Recipe, gpus: int | None = None, *, evaluating: bool = False) -> Plan:
+    """The recipe's plan for a node of `gpus` GPUs (None: the GPUs this process sees).
+    `evaluating` (`acerl eval`): the learner's place holds an evaluation process, which trains
+    nothing, so it gets no GPU and every GPU may go to generators."""
     visible = visible_gpus()
     if gpus is None:
         gpus = len(visible)
@@ -330,7 +332,7 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
     weight_bytes = 4 if dtype == "float32" or (dtype == "auto" and gpus == 0) else 2
     zero = learner.deepspeed.extra.get("zero_optimization", {})
     parts = None
-    if shape is not None:
+    if shape is not None and not evaluating:
         parts = learner_memory(
             shape,
             weight_bytes=weight_bytes,
@@ -343,7 +345,7 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
             offload_param=zero.get("offload_param", {}).get("device", "none") != "none",
             overhead_gb=OVERHEAD_GB if gpus else 0.0,  # a CUDA context's
         )
-    elif gpus:
+    elif gpus and shape is None:
         raise PlanError(
             f"learner.model.path: no config.json at {learner.model.path}, so the learner's memory cannot "
             "be estimated: fetch the model first (the tiny default: run once without --dry-run), or "
@@ -354,7 +356,7 @@ def plan_recipe(recipe: Recipe, gpus: int | None = None) -> Plan:
         visible=visible,
         gpu_memory_gb=recipe.placement.gpu_memory_gb or (measured_gpu_memory_gb() if visible else None),
         shape=shape,
-        ranks=learner.ranks,
+        ranks=0 if evaluating else learner.ranks,
         generators=recipe.generators,
         tensor_parallel=engine.tensor_parallel_size,
         generator_memory_share=engine.gpu_memory_utilization,

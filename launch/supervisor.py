@@ -139,7 +139,7 @@ class Supervisor:
         ]
         self.components = [self.judge, self.learner, *self.generators]
         # the plan decides where each goes; what it lists is exactly what starts
-        self.plan = plan_recipe(recipe, gpus)
+        self.plan = plan_recipe(recipe, gpus, evaluating=evaluate is not None)
         for component, placed in zip(self.components, self.plan.components, strict=True):
             assert component.name == placed.name, (component.name, placed.name)
             component.env = placed.env

@@ -181,3 +181,13 @@ def test_colocated_components_share_a_gpu_within_its_memory() -> None:
     assert {c.name: c.gpus for c in plan.components} == {"judge": [], "learner": [0], "generator0": [0]}
     with pytest.raises(PlanError, match=r"GPU 0: learner 30\.0 \+ generator0 56\.0 = 86\.0 GB > 80\.0 GB"):
         one_gpu(0.7)
+
+
+def test_an_evaluation_gives_every_gpu_to_generators() -> None:
+    """`acerl eval` runs an evaluation process in the learner's place: it trains nothing."""
+    plan = plan_recipe(recipe("acereason-7b", "generators=8"), gpus=8, evaluating=True)
+    placed = {c.name: c for c in plan.components}
+    assert placed["learner"].gpus == [] and placed["learner"].env == {"CUDA_VISIBLE_DEVICES": ""}
+    assert [placed[f"generator{g}"].gpus for g in range(8)] == [[g] for g in range(8)]
+    with pytest.raises(PlanError, match="needs 12 GPUs"):
+        plan_recipe(recipe("acereason-7b", "generators=8"), gpus=8)  # training: 4 ranks + 8
