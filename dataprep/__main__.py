@@ -44,6 +44,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     convert.add_argument("--id-prefix", help="prefix of every id (default: the format's short name)")
     convert.add_argument("--since", type=_date, help="keep rows dated on or after this day (YYYY-MM-DD)")
     convert.add_argument("--until", type=_date, help="keep rows dated on or before this day (YYYY-MM-DD)")
+    convert.add_argument(
+        "--skip-bad",
+        type=Path,
+        metavar="REPORT",
+        help="leave bad rows out (e.g. APPS problems without tests), one JSON line each in REPORT, "
+        "instead of stopping at the first",
+    )
 
     dedup = commands.add_parser("dedup", help="drop repeated problems, keeping the first")
     dedup.add_argument("--kind", required=True, choices=("math", "code"))
@@ -77,8 +84,13 @@ def _convert(args: argparse.Namespace) -> str:
 
     window = DateWindow(args.since, args.until)
     source = resolve_input(args.format, args.input)
-    count = convert(args.format, source, args.output, args.id_prefix, window)
-    return f"convert: {count} {args.format} records from {source} -> {args.output}"
+    skipped: list[dict[str, Any]] | None = None if args.skip_bad is None else []
+    count = convert(args.format, source, args.output, args.id_prefix, window, skipped)
+    summary = f"convert: {count} {args.format} records from {source} -> {args.output}"
+    if skipped is not None:
+        write_jsonl(args.skip_bad, skipped)
+        summary += f"; {len(skipped)} bad rows left out (listed in {args.skip_bad})"
+    return summary
 
 
 def _dedup(args: argparse.Namespace) -> str:

@@ -49,9 +49,14 @@ def resolve_input(format_name: str, given: str) -> Path:
 
 
 def converted(
-    format_name: str, source: Path, prefix: str | None = None, window: DateWindow | None = None
+    format_name: str,
+    source: Path,
+    prefix: str | None = None,
+    window: DateWindow | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The validated records of `source`, in row order; a bad row raises SourceError."""
+    """The validated records of `source`, in row order. A bad row raises SourceError, or, given a
+    `skipped` list, is recorded there ({"row", "field", "error"}) and left out."""
     layout = FORMATS[format_name]
     prefix = layout.default_prefix if prefix is None else prefix
     seen: dict[str, int] = {}
@@ -68,7 +73,10 @@ def converted(
                 except ValueError:
                     raise RowError("contest_date", f"{date!r} is not an ISO date") from None
         except RowError as exc:
-            raise SourceError(f"{source}: row {number}: field {exc.field!r}: {exc.message}") from None
+            if skipped is None:
+                raise SourceError(f"{source}: row {number}: field {exc.field!r}: {exc.message}") from None
+            skipped.append({"row": number, "field": exc.field, "error": exc.message})
+            continue
         if record["id"] in seen:
             raise SourceError(
                 f"{source}: row {number}: field 'id': "
@@ -79,7 +87,12 @@ def converted(
 
 
 def convert(
-    format_name: str, source: Path, output: Path, prefix: str | None = None, window: DateWindow | None = None
+    format_name: str,
+    source: Path,
+    output: Path,
+    prefix: str | None = None,
+    window: DateWindow | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> int:
-    """Convert `source` into `output`; the number of records written."""
-    return write_jsonl(output, converted(format_name, source, prefix, window))
+    """Convert `source` into `output`; the number of records written (`skipped`: see `converted`)."""
+    return write_jsonl(output, converted(format_name, source, prefix, window, skipped))

@@ -1,5 +1,6 @@
 """TACO and APPS rows: `question`, `input_output` (JSON `{"inputs", "outputs", "fn_name"?}`),
-`starter_code`, `difficulty`, `source`/`url`, `problem_id` or `id`.
+`starter_code`, `difficulty`, `source`/`url`, `problem_id` or `id`, and TACO's `time_limit` and
+`memory_limit` ("2 seconds", "256 megabytes").
 
 With `fn_name` the tests are calls: each input is the list of arguments, each output the return
 value. APPS wraps every return value in a one-element list; when all outputs of a problem are
@@ -11,6 +12,7 @@ Without `fn_name` inputs and outputs are stdin and stdout, as strings or lists o
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from dataprep.records import meta_of, source_id
@@ -75,6 +77,24 @@ def _tests(row: dict[str, Any]) -> tuple[list[dict[str, str]], str | None]:
     return cases, None
 
 
+# TACO states limits as text ("2 seconds", "256 megabytes"; "None" where unknown)
+_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:s|sec|secs|second|seconds)\s*$", re.IGNORECASE)
+_MEGABYTES = re.compile(r"^\s*(\d+)\s*(?:mb|megabytes?)\s*$", re.IGNORECASE)
+
+
+def _limits(row: dict[str, Any]) -> dict[str, Any]:
+    """The problem's own time and memory limits where TACO gives them readably; else none (the
+    judge's defaults apply)."""
+    limits: dict[str, Any] = {}
+    seconds = _SECONDS.match(str(row.get("time_limit") or ""))
+    if seconds and float(seconds.group(1)) > 0:
+        limits["time_limit_s"] = float(seconds.group(1))
+    megabytes = _MEGABYTES.match(str(row.get("memory_limit") or ""))
+    if megabytes and int(megabytes.group(1)) > 0:
+        limits["memory_limit_mb"] = int(megabytes.group(1))
+    return limits
+
+
 def convert_row(row: dict[str, Any], number: int, prefix: str) -> dict[str, Any]:
     ident = optional_text(row, "problem_id", "id", "name") or str(number)
     problem = required_text(row, "question")
@@ -86,6 +106,7 @@ def convert_row(row: dict[str, Any], number: int, prefix: str) -> dict[str, Any]
     }
     if fn_name is not None:
         record["fn_name"] = fn_name
+    record.update(_limits(row))
     record["meta"] = meta_of(
         difficulty=optional_text(row, "difficulty"),
         source=optional_text(row, "source"),

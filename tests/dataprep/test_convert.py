@@ -220,3 +220,18 @@ def test_the_acerl_command_dispatches_to_data(tmp_path: Path) -> None:
         == 0
     )
     assert read_jsonl(out)[0]["answer"] == "2"
+
+
+def test_taco_limits_are_kept_and_bad_rows_can_be_left_out(tmp_path: Path) -> None:
+    limited = dict(fixtures.TACO_STDIN, time_limit="2.5 seconds", memory_limit="64 megabytes")
+    unknown = dict(fixtures.TACO_STDIN, id=2, time_limit="None", memory_limit=None)
+    untested = dict(fixtures.TACO_STDIN, id=3, input_output="")  # APPS has such problems
+    source = write_jsonl(tmp_path / "taco.jsonl", [limited, untested, unknown])
+    with pytest.raises(SourceError, match=r"row 1: field 'input_output': is empty"):
+        list(converted("taco", source))
+    bad = tmp_path / "bad.jsonl"
+    records = run("taco", source, tmp_path, "--skip-bad", str(bad))
+    assert [(r["time_limit_s"], r["memory_limit_mb"]) for r in records[:1]] == [(2.5, 64)]
+    assert "time_limit_s" not in records[1] and "memory_limit_mb" not in records[1]
+    assert read_jsonl(bad) == [{"row": 1, "field": "input_output", "error": "is empty"}]
+    assert_judge_requests(records)
