@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from learner.orchestration.schedule import Schedule
 from proto.config import Config
@@ -141,6 +141,12 @@ class EvalSet(Section):
     task: Literal["math", "code"]
     prompts: Path
     limit: int | None = Field(default=None, ge=1)  # the first `limit` prompts only
+    # how records, plots and result directories name the set; default: the prompt file's stem
+    name: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.prompts.stem
 
 
 class EvalConfig(Section):
@@ -163,6 +169,15 @@ class EvalConfig(Section):
     # end a 32K-token LiveCodeBench round before it got going.
     timeout_s: float = Field(default=600.0, gt=0)
     timeout_s_per_ktoken: float = Field(default=1.0, ge=0)
+
+    @field_validator("sets")
+    @classmethod
+    def _sets_named_apart(cls, sets: list[EvalSet]) -> list[EvalSet]:
+        labels = [s.label for s in sets]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"two sets named {twice[0]!r}: give one of them a `name`")
+        return sets
 
     def round_timeout_s(self, prompts: int, k: int, max_tokens: int) -> float:
         return self.timeout_s + self.timeout_s_per_ktoken * prompts * k * max_tokens / 1000

@@ -125,6 +125,7 @@ class EvalRecord(Record):
     stage: int | None = None  # the stage it follows (0 before RL)
     stage_name: str | None = None
     task: Task
+    set_name: str | None = None  # which held-out set (EvalSet.label); a task may have several
     mode: str | None = None  # "avg4", "greedy"
     accuracy: float
     k: int = Field(ge=1)
@@ -134,8 +135,12 @@ class EvalRecord(Record):
     eval_s: float | None = None
 
     @property
+    def greedy(self) -> bool:
+        return self.k == 1 and self.temperature == 0
+
+    @property
     def label(self) -> str:
-        return "greedy" if self.k == 1 and self.temperature == 0 else f"avg@{self.k}"
+        return "greedy" if self.greedy else f"avg@{self.k}"
 
 
 AnyRecord = Annotated[TrainRecord | EvalRecord, Field(discriminator="kind")]
@@ -190,9 +195,12 @@ class MetricsWriter:
             self._file.write(json.dumps(line, allow_nan=False) + "\n")
             self._file.flush()
         if self._tb is not None:
+            prefix = record.kind
+            if isinstance(record, EvalRecord):  # one curve per set and mode, not one for all
+                prefix = f"eval/{record.set_name or record.task}/{record.mode}"
             for key, value in line.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    self._tb.add_scalar(f"{record.kind}/{key}", value, global_step=record.step)
+                    self._tb.add_scalar(f"{prefix}/{key}", value, global_step=record.step)
 
     def drop_from(self, step: int) -> int:
         """Remove records of steps >= `step` (a resumed run trains them again); returns how many."""

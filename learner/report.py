@@ -93,7 +93,7 @@ def plot(run_dir: Path, train: list[TrainRecord], evals: list[EvalRecord]) -> li
     figure, axis = plt.subplots(figsize=(7, 3.5))
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for record in evals:
-        curves[f"{record.task} {record.label}"].append((record.step, record.accuracy))
+        curves[f"{set_of(record)} {record.label}"].append((record.step, record.accuracy))
     for label, points in sorted(curves.items()):
         axis.plot(*zip(*sorted(points), strict=True), marker="o", label=label)
     mark_stages(axis)
@@ -146,13 +146,13 @@ def plot_step_time(run_dir: Path, train: list[TrainRecord], mark_stages: Any) ->
 
 def heldout_table(evals: list[EvalRecord]) -> list[str]:
     """One row per evaluation point (before RL, after each stage), one column per task and mode."""
-    columns = sorted({(r.task, r.label) for r in evals})
+    columns = sorted({(set_of(r), r.label) for r in evals})
     rows: dict[int, dict[Any, Any]] = {}
     for r in evals:
         row = rows.setdefault(r.step, {"when": "before RL" if r.step == 0 else f"after {r.stage_name}"})
-        row[(r.task, r.label)] = r.accuracy
+        row[(set_of(r), r.label)] = r.accuracy
     lines = [
-        "| step | when | " + " | ".join(f"{task} {mode}" for task, mode in columns) + " |",
+        "| step | when | " + " | ".join(f"{name} {mode}" for name, mode in columns) + " |",
         "|---" * (len(columns) + 2) + "|",
     ]
     for step, row in sorted(rows.items()):
@@ -161,12 +161,18 @@ def heldout_table(evals: list[EvalRecord]) -> list[str]:
     return lines
 
 
+def set_of(record: EvalRecord) -> str:
+    """The held-out set a record scores (records written before sets had names: its task)."""
+    return record.set_name or record.task
+
+
 def heldout_gains(train: list[TrainRecord], evals: list[EvalRecord]) -> list[str]:
-    """Per task: sampled held-out accuracy before its first stage and after its last one."""
+    """Per held-out set: its sampled accuracy before the first stage of its task and after the last."""
     lines = []
-    for task in sorted({r.task for r in evals}):
+    for name in sorted({set_of(r) for r in evals}):
+        task = next(r.task for r in evals if set_of(r) == name)
         steps = [r.step for r in train if r.task == task]
-        sampled = sorted((r.step, r.accuracy) for r in evals if r.task == task and r.k > 1)
+        sampled = sorted((r.step, r.accuracy) for r in evals if set_of(r) == name and not r.greedy)
         if not steps or not sampled:
             continue
         # evaluations run before a stage's first step and after its last step's update
@@ -174,7 +180,8 @@ def heldout_gains(train: list[TrainRecord], evals: list[EvalRecord]) -> list[str
         after = [a for s, a in sampled if s > max(steps)]
         if before and after:
             lines.append(
-                f"- {task}: {before[-1]:.3f} before its stages, {after[0]:.3f} after them "
+                f"- {name if name == task else f'{name} ({task})'}: {before[-1]:.3f} before its stages, "
+                f"{after[0]:.3f} after them "
                 f"({100 * (after[0] - before[-1]):+.1f} points)"
             )
     return lines

@@ -158,13 +158,14 @@ def _evaluate(
             sampling = SamplingParams(
                 n=k, max_tokens=default_max_tokens(cfg, spec.task), temperature=temperature, top_p=e.top_p
             )
-            tag = f"{learner.step}/{spec.task}/{mode}"
+            tag = f"{learner.step}/{spec.label}/{mode}"
             evaluation = new_round(cfg, tag, spec.task, prompts, sampling, learner.on_policy, stage)
-            directory = cfg.run_dir / "eval" / f"step{learner.step:06d}-{spec.task}-{mode}"
+            directory = cfg.run_dir / "eval" / f"step{learner.step:06d}-{spec.label}-{mode}"
             settings = {
                 "step": learner.step,
                 "stage": stage,
                 "task": spec.task,
+                "set": spec.label,
                 "prompts_file": str(spec.prompts),
             }
             summary = score(dispatcher, evaluation, e, directory, settings)
@@ -173,6 +174,7 @@ def _evaluate(
                 stage=stage,
                 stage_name=stages[stage].name,
                 task=spec.task,
+                set_name=spec.label,
                 mode=mode,
                 accuracy=evaluation.accuracy(),
                 k=k,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from learner.config import RunConfig
+from learner.config import EvalSet, RunConfig
 from learner.on_policy import OnPolicyClock
 from learner.orchestration.evaluation import EvalRound
 from learner.orchestration.run import _evaluate, ends_its_task
@@ -84,8 +84,8 @@ def test_the_run_evaluates_each_task_in_the_template_of_its_stage(tmp_path: Path
         }
     )  # fmt: skip
     eval_sets = [
-        (SimpleNamespace(task="math", prompts=Path("m.jsonl")), math_prompts(1)),
-        (SimpleNamespace(task="code", prompts=Path("c.jsonl")), code_prompts(1)),
+        (EvalSet(task="math", prompts=Path("m.jsonl")), math_prompts(1)),
+        (EvalSet(task="code", prompts=Path("c.jsonl")), code_prompts(1)),
     ]
     issued: list[WorkItem] = []
 
@@ -111,8 +111,8 @@ def test_the_run_evaluates_each_task_in_the_template_of_its_stage(tmp_path: Path
     assert [r.accuracy for r in metrics.records] == [0.5] * 4
     # each round's per-prompt results, beside its record
     written = sorted(p.parent.name for p in (tmp_path / "eval").glob("*/per_prompt.jsonl"))
-    assert written == ["step000000-code-avg2", "step000000-math-avg2"]  # step 0 twice: overwritten
-    row = json.loads((tmp_path / "eval/step000000-math-avg2/per_prompt.jsonl").read_text())
+    assert written == ["step000000-c-avg2", "step000000-m-avg2"]  # step 0 twice: overwritten
+    row = json.loads((tmp_path / "eval/step000000-m-avg2/per_prompt.jsonl").read_text())
     assert row["id"] == "m0" and row["k"] == 2 and row["correct"] == 1 and row["pass1"] == 0.5
 
 
@@ -140,7 +140,7 @@ def test_between_stages_of_one_task_only_what_between_stages_asks_is_scored(tmp_
         learner = SimpleNamespace(step=0, on_policy=OnPolicyClock())
         metrics = SimpleNamespace(records=[])
         metrics.write = metrics.records.append
-        sets = [(SimpleNamespace(task="math", prompts=Path("m.jsonl")), math_prompts(1))]
+        sets = [(EvalSet(task="math", prompts=Path("m.jsonl")), math_prompts(1))]
         for full in (True, False):
             _evaluate(cfg, sets, learner, Dispatcher(), metrics, stage=0, full=full)  # type: ignore[arg-type]
         modes[between] = [r.mode for r in metrics.records]
