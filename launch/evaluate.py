@@ -23,7 +23,7 @@ from typing import Any
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from launch import tiny_default
+from launch.prepare import prepare
 from launch.recipe import load_recipe
 from launch.supervisor import ROOT, Supervisor, console
 from learner.evaluate import PROGRESS_FILE, add_eval_arguments
@@ -84,8 +84,7 @@ def evaluate(args: argparse.Namespace, out: Path) -> int:
         if args.model is not None and not (args.model / "config.json").exists():
             raise ConfigError(f"--model: no Hugging Face model (config.json) at {args.model}")
         recipe = load_recipe(args.recipe, overrides)
-        if recipe.prepare == "tiny":  # the tiny recipe's held-out sets and warm start are built here
-            tiny_default.build(recipe.tiny, console)
+        prepare(recipe, console)  # a prepared recipe's held-out sets and model are built here
         if recipe.learner.model.path is None or not (recipe.learner.model.path / "config.json").exists():
             raise ConfigError(f"--model: no Hugging Face model (config.json) at {recipe.learner.model.path}")
         if not args.prompts.exists():

@@ -12,14 +12,18 @@ from pydantic import Field
 from generator.config import GeneratorSettings
 from judge.config import JudgeConfig
 from launch.placement import PlacementConfig
-from launch.tiny_default import TinyPrepare, names_of_recipe
+from launch.prepare import names_of_recipe
+from launch.smollm2_default import Smollm2Prepare
+from launch.tiny_default import TinyPrepare
 from learner.config import RunConfig
 from proto.config import Config, load
 
 
 class Recipe(Config):
-    prepare: Literal["none", "tiny"] = "none"  # tiny: build the tiny default and fill in ${TINY_*}
+    # tiny: build the tiny default and fill in ${TINY_*}; smollm2: SmolLM2-135M-Instruct, ${SMOLLM2_*}
+    prepare: Literal["none", "tiny", "smollm2"] = "none"
     tiny: TinyPrepare = TinyPrepare()
+    smollm2: Smollm2Prepare = Smollm2Prepare()
     # 0: a learner-only node, whose generators run on other machines (`acerl generator`)
     generators: int = Field(default=1, ge=0, description="generator processes on this node")
     max_restarts: int = Field(default=5, ge=0, description="per component")
@@ -31,5 +35,6 @@ class Recipe(Config):
 
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
-    """The recipe at `path` with dotted overrides (`learner.optim.lr=1e-6`), ${TINY_*} filled in."""
+    """The recipe at `path` with dotted overrides (`learner.optim.lr=1e-6`), ${TINY_*} and the like
+    filled in."""
     return load(Recipe, path, overrides, names=names_of_recipe)

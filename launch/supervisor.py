@@ -26,9 +26,9 @@ from rich.live import Live
 from rich.table import Table
 
 from generator.config import GeneratorConfig
-from launch import tiny_default
 from launch.component import Component
 from launch.placement import Plan, plan_recipe, visible_gpus
+from launch.prepare import prepare
 from launch.recipe import Recipe, load_recipe
 from proto.config import ConfigError, dump, load, parse_command_line, replace
 from proto.control import Heartbeat, Status, StatusRequest
@@ -351,7 +351,9 @@ def progress_line(metrics: Path) -> str:
     if not train:
         return "waiting for the first step"
     r = train[-1]
-    heldout = {e.task: e.accuracy for e in records if isinstance(e, EvalRecord) and e.k > 1}
+    heldout = {
+        e.set_name or e.task: e.accuracy for e in records if isinstance(e, EvalRecord) and not e.greedy
+    }
     accuracy = r.sampled_accuracy if r.sampled_accuracy is not None else r.accuracy
     return (
         f"step {r.step:>4}  stage {r.stage_name}  reward {r.reward_mean:.3f}  acc {accuracy:.3f}  "
@@ -420,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.gpus is not None and not args.dry_run and args.gpus > len(visible_gpus()):
             raise ConfigError(f"--gpus {args.gpus}: this node has {len(visible_gpus())} visible GPUs")
         timings = {}
-        if recipe.prepare == "tiny" and not args.dry_run:  # the plan reads the model it builds
-            timings["building the tiny default (0 when cached)"] = tiny_default.build(recipe.tiny, console)
+        if recipe.prepare != "none" and not args.dry_run:  # the plan reads the model it builds
+            timings[f"building prepare: {recipe.prepare} (0 when cached)"] = prepare(recipe, console)
         supervisor = Supervisor(
             recipe, run_dir, resume=args.resume is not None, max_steps=args.max_steps, gpus=args.gpus
         )
