@@ -351,9 +351,9 @@ def progress_line(metrics: Path) -> str:
     if not train:
         return "waiting for the first step"
     r = train[-1]
-    heldout = {
-        e.set_name or e.task: e.accuracy for e in records if isinstance(e, EvalRecord) and not e.greedy
-    }
+    evals = [e for e in records if isinstance(e, EvalRecord)]
+    shown = [e for e in evals if not e.greedy] or evals  # sampled rounds where the run has them
+    heldout = {e.set_name or e.task: e.accuracy for e in shown}
     accuracy = r.sampled_accuracy if r.sampled_accuracy is not None else r.accuracy
     return (
         f"step {r.step:>4}  stage {r.stage_name}  reward {r.reward_mean:.3f}  acc {accuracy:.3f}  "

@@ -172,7 +172,10 @@ def heldout_gains(train: list[TrainRecord], evals: list[EvalRecord]) -> list[str
     for name in sorted({set_of(r) for r in evals}):
         task = next(r.task for r in evals if set_of(r) == name)
         steps = [r.step for r in train if r.task == task]
-        sampled = sorted((r.step, r.accuracy) for r in evals if set_of(r) == name and not r.greedy)
+        of_set = [r for r in evals if set_of(r) == name]
+        # sampled rounds where the run has them (avg@k estimates pass@1), else its greedy ones
+        chosen = [r for r in of_set if not r.greedy] or of_set
+        sampled = sorted((r.step, r.accuracy) for r in chosen)
         if not steps or not sampled:
             continue
         # evaluations run before a stage's first step and after its last step's update
