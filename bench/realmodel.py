@@ -71,6 +71,8 @@ def figures(run_dir: Path) -> dict[str, float]:
     evals = [r for r in records if isinstance(r, EvalRecord) and r.task == "math"]
     first_set = evals[0].set_name
     scores = [r for r in evals if r.set_name == first_set]
+    # the score right after the math steps (a full run goes on to code, then scores it again)
+    after = next((r for r in scores if r.step > max(t.step for t in train)), scores[-1])
     tokens = sum(sum((r.generator_tokens or {}).values()) for r in train)
     generating = sum(r.generate_s or 0.0 for r in train)
     # a step's wall time: from the previous step's weights out to its own, with no evaluation between
@@ -90,8 +92,8 @@ def figures(run_dir: Path) -> dict[str, float]:
         "weight_update_s": statistics.median((r.publish_s or 0.0) + (r.reload_s or 0.0) for r in train),
         "mismatch": statistics.median(r.logprob_mismatch for r in train if r.logprob_mismatch is not None),
         "heldout_before": scores[0].accuracy,
-        "heldout_after": scores[-1].accuracy,
-        "heldout_gain": scores[-1].accuracy - scores[0].accuracy,
+        "heldout_after": after.accuracy,
+        "heldout_gain": after.accuracy - scores[0].accuracy,
         "steps": len(train),
     }
 

@@ -31,6 +31,7 @@ def test_figures_come_from_the_runs_records(tmp_path: Path) -> None:
             )
         )  # fmt: skip
     metrics.write(EvalRecord(step=3, accuracy=0.5, **heldout))
+    metrics.write(EvalRecord(step=5, accuracy=0.4, **heldout))  # after a code stage: not the math gain
     metrics.close()
     f = figures(tmp_path)
     assert parameters(model) == 44 and f["params"] == 44
