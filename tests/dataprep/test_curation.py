@@ -27,6 +27,18 @@ def code(ident: str, problem: str, difficulty: object = None, url: str | None = 
     return {**record, "meta": meta} if meta else record
 
 
+def files(tmp_path: Path, rows: list[dict], out: Path, report: Path) -> list[str]:
+    """--input (the rows, written), --output and --report."""
+    return [
+        "--input",
+        str(write_jsonl(tmp_path / "in.jsonl", rows)),
+        "--output",
+        str(out),
+        "--report",
+        str(report),
+    ]
+
+
 def test_dedup_math(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [
         math("a", "Find  x in \\boxed{}."),
@@ -36,14 +48,7 @@ def test_dedup_math(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         math("e", "Find x in \\boxed{}!"),
     ]
     out, report = tmp_path / "out.jsonl", tmp_path / "report.jsonl"
-    args = [
-        "--input",
-        str(write_jsonl(tmp_path / "in.jsonl", rows)),
-        "--output",
-        str(out),
-        "--report",
-        str(report),
-    ]
+    args = files(tmp_path, rows, out, report)
     assert main(["dedup", "--kind", "math", *args]) == 0
     assert [r["id"] for r in read_jsonl(out)] == ["a", "d"]
     assert read_jsonl(report) == [
@@ -62,14 +67,7 @@ def test_dedup_code_by_url(tmp_path: Path) -> None:
         code("p4", "Something else."),
     ]
     out, report = tmp_path / "out.jsonl", tmp_path / "report.jsonl"
-    args = [
-        "--input",
-        str(write_jsonl(tmp_path / "in.jsonl", rows)),
-        "--output",
-        str(out),
-        "--report",
-        str(report),
-    ]
+    args = files(tmp_path, rows, out, report)
     assert main(["dedup", "--kind", "code", *args]) == 0
     assert [r["id"] for r in read_jsonl(out)] == ["p1", "p3", "p4"]
     assert read_jsonl(report) == [{"id": "p2", "kept_id": "p1", "reason": "url"}]
