@@ -40,7 +40,7 @@ def test_acerl_eval_agrees_with_the_evaluation_inside_training(tmp_path: Path) -
     run_dir = tmp_path / "run"
     with SupervisorRun.start(recipe_path, run_dir, "--max-steps", "0") as run:
         assert run.wait(timeout_s=900) == 0, run.output[-3000:]
-    trained = rows(run_dir / "eval/step000000-math-greedy/per_prompt.jsonl")
+    trained = rows(run_dir / "eval/step000000-math_heldout-greedy/per_prompt.jsonl")
     assert len(trained) == LIMIT
     heldout = Path(yaml.safe_load((run_dir / "learner.yaml").read_text())["eval"]["sets"][0]["prompts"])
 
