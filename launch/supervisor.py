@@ -212,6 +212,11 @@ class Supervisor:
             exited = [c for c in (component, *(others or [])) if c.exit_code is not None]
             if check():
                 return
+            if component is not self.learner and self.learner.exit_code is not None:
+                # the learner (or `acerl eval`'s evaluation) ended first: a short evaluation can be
+                # done, and its generators told to stop, before they are seen joining; watch()
+                # reads its exit code
+                return
             if exited:
                 dead = exited[0]
                 raise RuntimeError(
