@@ -349,15 +349,14 @@ class Supervisor:
 
 
 def progress_line(metrics: Path) -> str:
-    from learner.metrics import EvalRecord, TrainRecord, read_records
+    from learner.metrics import EvalRecord, TrainRecord, preferred_rounds, read_records
 
     records = read_records(metrics) if metrics.exists() else []
     train = [r for r in records if isinstance(r, TrainRecord)]
     if not train:
         return "waiting for the first step"
     r = train[-1]
-    evals = [e for e in records if isinstance(e, EvalRecord)]
-    shown = [e for e in evals if not e.greedy] or evals  # sampled rounds where the run has them
+    shown = preferred_rounds([e for e in records if isinstance(e, EvalRecord)])
     heldout = {e.set_name or e.task: e.accuracy for e in shown}
     accuracy = r.sampled_accuracy if r.sampled_accuracy is not None else r.accuracy
     return (

@@ -143,6 +143,11 @@ class EvalRecord(Record):
         return "greedy" if self.greedy else f"avg@{self.k}"
 
 
+def preferred_rounds(evals: list[EvalRecord]) -> list[EvalRecord]:
+    """The sampled rounds (avg@k estimates pass@1) where a run has them, else its greedy ones."""
+    return [r for r in evals if not r.greedy] or evals
+
+
 AnyRecord = Annotated[TrainRecord | EvalRecord, Field(discriminator="kind")]
 _RECORD: TypeAdapter[TrainRecord | EvalRecord] = TypeAdapter(AnyRecord)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import matplotlib
 
-from learner.metrics import EvalRecord, TrainRecord, read_records
+from learner.metrics import EvalRecord, TrainRecord, preferred_rounds, read_records
 
 matplotlib.use("Agg")  # files only; no display here
 import matplotlib.pyplot as plt
@@ -172,9 +172,7 @@ def heldout_gains(train: list[TrainRecord], evals: list[EvalRecord]) -> list[str
     for name in sorted({set_of(r) for r in evals}):
         task = next(r.task for r in evals if set_of(r) == name)
         steps = [r.step for r in train if r.task == task]
-        of_set = [r for r in evals if set_of(r) == name]
-        # sampled rounds where the run has them (avg@k estimates pass@1), else its greedy ones
-        chosen = [r for r in of_set if not r.greedy] or of_set
+        chosen = preferred_rounds([r for r in evals if set_of(r) == name])
         sampled = sorted((r.step, r.accuracy) for r in chosen)
         if not steps or not sampled:
             continue
