@@ -73,6 +73,7 @@ class Dispatcher:
         reconcile_grace_s: float = 10.0,
         tick_ms: int = 20,
         limits: SocketLimits | None = None,
+        drain_s: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -80,6 +81,11 @@ class Dispatcher:
         # not listed never reached it. (A push still on its way is younger than this.)
         self.reconcile_grace_s = reconcile_grace_s
         self.tick_ms = tick_ms
+        # After stop, requests are still read this long and answered with the Shutdown itself:
+        # a generator that sent a result just then learns at once why nobody will take it,
+        # whether or not the pushed notice reached it.
+        self.drain_s = drain_s
+        self._shutdown: Shutdown | None = None
         self.generators: dict[str, GeneratorSeen] = {}
         self.announcement: WeightAnnounce | None = None
         self.eval_round: EvalRound | None = None
@@ -174,9 +180,10 @@ class Dispatcher:
 
     def stop(self, reason: str = "run finished", deadline_s: float = 5.0) -> None:
         with self._changed:
+            self._shutdown = Shutdown(reason=reason, deadline_s=deadline_s)
             for generator_id in self.generators:
-                self._outbox.append((generator_id, Shutdown(reason=reason, deadline_s=deadline_s)))
-        self._stop.set()
+                self._outbox.append((generator_id, self._shutdown))
+            self._stop.set()  # under the lock: once the notice is out, the serving loop is over
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         else:
@@ -196,11 +203,25 @@ class Dispatcher:
                     self._changed.notify_all()
             with self._changed:
                 self._flush()  # the shutdown notices
+            self._drain()
         except Exception:
             log.exception("dispatcher_failed")
             raise
         finally:
             self._server.close(linger_ms=1_000)
+
+    def _drain(self) -> None:
+        assert self._shutdown is not None
+        until = time.monotonic() + self.drain_s
+        while (left_ms := int((until - time.monotonic()) * 1000)) > 0:
+            request = self._server.recv(timeout_ms=left_ms)
+            if request is None:
+                break
+            if isinstance(request.message, StatusRequest):
+                with self._changed:
+                    self._server.reply(request, self._status())
+            else:
+                self._server.reply(request, self._shutdown)
 
     def _handle(self, request: Request) -> None:
         message = request.message

@@ -77,9 +77,9 @@ class ScriptedGenerator(threading.Thread):
                 if time.monotonic() - last_beat > 1.0:  # as real generators do: silence means lost
                     last_beat = time.monotonic()
                     with contextlib.suppress(TimeoutError):  # the run may be over: read on
-                        client.request(
-                            Heartbeat(sender=self.generator_id, role="generator", time=time.time())
-                        )
+                        beat = Heartbeat(sender=self.generator_id, role="generator", time=time.time())
+                        if self._stopped_by(client.request(beat)):
+                            return
                 reply = client.recv(timeout_ms=50)
                 if reply is None:
                     continue
@@ -92,13 +92,23 @@ class ScriptedGenerator(threading.Thread):
                 elif isinstance(message, WorkBatch):
                     try:
                         for item in message.items:
-                            client.request(self.rollout(item))
+                            if self._stopped_by(client.request(self.rollout(item))):
+                                return
                             self.answered.append(item.id)
-                        client.request(Credit(generator_id=self.generator_id, credits=len(message.items)))
+                        credit = Credit(generator_id=self.generator_id, credits=len(message.items))
+                        if self._stopped_by(client.request(credit)):
+                            return
                     except TimeoutError:
                         if self._told_to_stop(client):  # the run ended meanwhile: nobody answers
                             return
                         raise
+
+    def _stopped_by(self, reply: object) -> bool:
+        """Whether the dispatcher answered with a Shutdown (it does once the run has ended)."""
+        if isinstance(reply, Shutdown):
+            self.shutdown_reason = reply.reason
+            return True
+        return False
 
     def _told_to_stop(self, client: Client) -> bool:
         """Whether a Shutdown notice came (what is pushed while a request waits is kept)."""

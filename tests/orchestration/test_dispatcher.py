@@ -196,6 +196,26 @@ def test_stop_tells_generators_to_shut_down() -> None:
     gen.close()
 
 
+def test_a_result_sent_as_the_dispatcher_stops_is_answered_with_the_shutdown() -> None:
+    book = WorkLedger(Schedule(stages=[stage("m", steps=1, batch=2)]), [math_prompts(5)])
+    running = Dispatcher(book, limits=LIMITS, drain_s=5.0).start()
+    gen = ScriptedGenerator(running.address, "g0")
+    gen.credit(2)
+    items = gen.collect(2)
+    stopping = threading.Thread(target=running.stop, kwargs={"reason": "learner stopped"})
+    stopping.start()
+    deadline = time.monotonic() + 5
+    while not any(isinstance(m, Shutdown) for m in gen.pushed) and time.monotonic() < deadline:
+        gen.collect(None, timeout_s=0.1)
+    # after the pushed notice, a result is not taken: the answer is the Shutdown itself
+    reply = gen.client.request(answer(items[0], generator="g0"))
+    assert isinstance(reply, Shutdown) and reply.reason == "learner stopped"
+    assert running.counts().get("accepted", 0) == 0
+    stopping.join(timeout=10)
+    assert not stopping.is_alive()
+    gen.close()
+
+
 def test_a_restarted_generator_gets_its_old_work_again_at_once(dispatcher: Dispatcher) -> None:
     first = ScriptedGenerator(dispatcher.address, "g0")
     first.credit(4)
