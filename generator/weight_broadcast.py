@@ -4,8 +4,9 @@ A generator with `weight_transfer=broadcast` asks to join while it fetches a ver
 when an announcement then names it in its `BroadcastGroup`, it joins that group (or keeps the one
 it is in) and receives the `WeightManifest` and the bytes that follow. The bytes go through the
 same `WeightSetWriter` as chunks over ZeroMQ do, so the engine loads them the same way and sees
-each tensor as soon as it is complete. Any failure (a timeout, a dead peer) drops the group: the
-caller then fetches the version over ZeroMQ and asks to join again.
+each tensor as soon as it is complete. The learner lays the version out as the weight file is
+laid out, so each bucket is received in place, with no copy. Any failure (a timeout, a dead
+peer) drops the group: the caller then fetches the version over ZeroMQ and asks to join again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.distributed as dist
 
 from generator.weight_set import Arrivals, WeightFiles, WeightSet, WeightSetWriter
 from proto.collective import broadcast_bytes, process_group, receive_manifest
-from proto.weights import WeightAnnounce, WeightChunk, WeightManifest
+from proto.weights import WeightAnnounce, WeightManifest
 
 log = structlog.get_logger("generator.broadcast")
 
@@ -69,39 +70,11 @@ class BroadcastReceiver:
     def _receive_into(
         self, pg: dist.ProcessGroup, manifest: WeightManifest, writer: WeightSetWriter, bucket_bytes: int
     ) -> None:
-        """Receive the buckets and write them as the chunks they hold, tensor by tensor, in order."""
-        specs = iter(manifest.tensors)
-        spec = next(specs)
-        offset = 0  # into the current tensor
-        seq = 0
-        left = manifest.total_bytes
-        while spec is not None:
-            size = min(bucket_bytes, left)
-            bucket = torch.empty(size, dtype=torch.uint8)
-            if size:
-                broadcast_bytes(pg, bucket, self.timeout_s)
-            data = memoryview(bucket.numpy())
-            left -= size
-            used = 0
-            while spec is not None:
-                take = min(spec.nbytes - offset, size - used)
-                writer.write(
-                    WeightChunk(
-                        version=manifest.version,
-                        seq=seq,
-                        name=spec.name,
-                        dtype=spec.dtype,
-                        shape=spec.shape,
-                        offset=offset,
-                        data=data[used : used + take],
-                        last=False,
-                    )
-                )
-                seq += 1
-                used += take
-                offset += take
-                if offset < spec.nbytes:
-                    break  # the tensor goes on in the next bucket
-                spec, offset = next(specs, None), 0
-                if used == size and spec is not None and spec.nbytes:
-                    break
+        """Receive the buckets straight into the weight file: the learner sends its layout."""
+        total = writer.lay_out(manifest)
+        for start in range(0, total, bucket_bytes):
+            size = min(bucket_bytes, total - start)
+            bucket = torch.frombuffer(writer.view(start, size), dtype=torch.uint8)
+            broadcast_bytes(pg, bucket, self.timeout_s)
+            del bucket  # the file may not grow or close while a view of it is held
+            writer.filled_to(start + size)

@@ -26,9 +26,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.weights import DTYPES, DType, WeightAnnounce, WeightChunk, torch_dtype
-
-ALIGN = 64  # tensor starts in the file, for aligned copies
+from proto.weights import (
+    ALIGN,
+    DTYPES,
+    DType,
+    WeightAnnounce,
+    WeightChunk,
+    WeightManifest,
+    aligned,
+    torch_dtype,
+)
 
 
 class WeightStreamError(ValueError):
@@ -133,6 +140,11 @@ class WeightFile:
     def write(self, offset: int, data: memoryview) -> None:
         assert self._map is not None
         self._map[offset : offset + data.nbytes] = data
+
+    def view(self, offset: int, size: int) -> memoryview:
+        """Bytes of the file to write in place. Drop the view before the file grows or closes."""
+        assert self._map is not None and offset + size <= self.capacity
+        return memoryview(self._map)[offset : offset + size]
 
     def rename(self, version: int) -> None:
         """Name the file after the version it receives next."""
@@ -291,11 +303,53 @@ class WeightSetWriter:
         self._filled: dict[str, int] = {}
         self._end = 0
         self._next_seq = 0
+        self._laid_out: list[TensorEntry] | None = None  # a broadcast's entries, in order
+        self._complete = 0  # how many of them are in
         self.bytes_received = 0
         hint = self.announce.total_bytes + ALIGN * self.announce.num_tensors if self.announce else 0
         self._out.grow(max(hint, 1 << 20))
 
+    # -- a broadcast: one run of bytes in the file's own layout, received in place -------------
+
+    def lay_out(self, manifest: WeightManifest) -> int:
+        """Place every tensor where the manifest's layout puts it; returns the layout's size.
+        The bytes then land in `view`s of the file, and `filled_to` says how far they reach."""
+        if manifest.version != self.version or self._entries:
+            raise WeightStreamError(f"a layout for version {manifest.version} in a stream already begun")
+        offsets, end = manifest.layout()
+        self._laid_out = []
+        for spec, offset in zip(manifest.tensors, offsets, strict=True):
+            entry = TensorEntry(spec.name, spec.dtype, tuple(spec.shape), offset, spec.nbytes)
+            self._entries[spec.name] = entry
+            self._filled[spec.name] = 0
+            self._laid_out.append(entry)
+        if len(self._entries) != len(manifest.tensors):
+            raise WeightStreamError("the manifest names a tensor twice")
+        self._out.grow(end)
+        self._end = end
+        self.filled_to(0)  # tensors of no bytes at the start are complete already
+        return end
+
+    def view(self, start: int, size: int) -> memoryview:
+        return self._out.view(start, size)
+
+    def filled_to(self, end: int) -> None:
+        """Bytes [0, end) of the layout are in: every tensor that ends there is complete."""
+        assert self._laid_out is not None
+        while self._complete < len(self._laid_out):
+            entry = self._laid_out[self._complete]
+            if entry.offset + entry.nbytes > end:
+                break
+            self._complete += 1
+            self._filled[entry.name] = entry.nbytes
+            self.bytes_received += entry.nbytes
+            self.arrivals.add(entry)
+
+    # -- chunks over ZeroMQ --------------------------------------------------------------------
+
     def write(self, chunk: WeightChunk) -> None:
+        if self._laid_out is not None:
+            raise WeightStreamError(f"chunk {chunk.seq} in a stream that came laid out")
         if chunk.version != self.version:
             raise WeightStreamError(f"chunk {chunk.seq} is of version {chunk.version}, not {self.version}")
         if chunk.seq != self._next_seq:
@@ -307,7 +361,7 @@ class WeightSetWriter:
             if chunk.offset != 0:
                 raise WeightStreamError(f"{chunk.name}: first chunk starts at byte {chunk.offset}, not 0")
             nbytes = chunk.tensor_bytes
-            start = -(-self._end // ALIGN) * ALIGN
+            start = aligned(self._end)
             entry = TensorEntry(chunk.name, chunk.dtype, shape, start, nbytes)
             self._out.grow(start + nbytes)
             self._entries[chunk.name] = entry

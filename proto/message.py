@@ -12,8 +12,9 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
 
-# Bump on any change of a message's fields; peers of different versions refuse each other.
-PROTOCOL_VERSION = 5
+# Bump on any change of a message's fields, or of what the bytes that follow one mean; peers of
+# different versions refuse each other.
+PROTOCOL_VERSION = 6
 
 REGISTRY: dict[str, type[Message]] = {}
 

@@ -35,6 +35,14 @@ DTYPES: dict[DType, DTypeInfo] = {
 }
 
 
+ALIGN = 64  # every tensor of a weight file (or a broadcast of one) starts at a multiple of this
+
+
+def aligned(offset: int) -> int:
+    """The first multiple of ALIGN at or after `offset`."""
+    return -(-offset // ALIGN) * ALIGN
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a wire dtype name. torch is imported here, not by every user of proto."""
     import torch
@@ -85,8 +93,10 @@ class TensorSpec(Struct):
 
 
 class WeightManifest(Message):
-    """First of a broadcast: what the bytes that follow are. They are the tensors' raw bytes one
-    after another in this order, sent in buckets of the group's `bucket_bytes`."""
+    """First of a broadcast: what the bytes that follow are. They are the version laid out as a
+    generator's weight file is (`layout`): each tensor's raw bytes at a multiple of `ALIGN`, in
+    this order, the gaps between carrying nothing. They go in buckets of the group's
+    `bucket_bytes`, so a receiver can take each bucket straight into its file."""
 
     TYPE = "weight_manifest"
 
@@ -96,6 +106,14 @@ class WeightManifest(Message):
     @property
     def total_bytes(self) -> int:
         return sum(spec.nbytes for spec in self.tensors)
+
+    def layout(self) -> tuple[list[int], int]:
+        """Where each tensor starts, and the size of the whole layout."""
+        offsets, end = [], 0
+        for spec in self.tensors:
+            offsets.append(aligned(end))
+            end = offsets[-1] + spec.nbytes
+        return offsets, end
 
 
 class WeightChunk(Message):

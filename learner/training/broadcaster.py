@@ -50,23 +50,27 @@ def send_version(
     bucket_bytes: int,
     timeout_s: float,
 ) -> None:
-    """Rank 0's part of one broadcast: the manifest, then the tensors' bytes in buckets."""
+    """Rank 0's part of one broadcast: the manifest, then the version in the manifest's layout
+    (each tensor at its offset), in buckets."""
     send_manifest(pg, manifest, timeout_s)
+    offsets, total = manifest.layout()
     bucket = torch.empty(bucket_bytes, dtype=torch.uint8)
-    filled = 0
-    for tensor in tensors.values():
+    base = 0  # the layout byte that bucket[0] holds
+    for offset, tensor in zip(offsets, tensors.values(), strict=True):
         raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-        offset = 0
-        while offset < raw.numel():
-            take = min(bucket_bytes - filled, raw.numel() - offset)
-            bucket[filled : filled + take] = raw[offset : offset + take]
-            filled += take
-            offset += take
-            if filled == bucket_bytes:
+        done = 0
+        while done < raw.numel():
+            at = offset + done - base
+            if at >= bucket_bytes:  # this byte belongs to a later bucket: this one is full
                 broadcast_bytes(pg, bucket, timeout_s)
-                filled = 0
-    if filled:
-        broadcast_bytes(pg, bucket[:filled].clone(), timeout_s)
+                base += bucket_bytes
+                continue
+            take = min(bucket_bytes - at, raw.numel() - done)
+            bucket[at : at + take] = raw[done : done + take]
+            done += take
+    for start in range(base, total, bucket_bytes):  # the last bucket (or a gap's)
+        size = min(bucket_bytes, total - start)
+        broadcast_bytes(pg, bucket if size == bucket_bytes else bucket[:size].clone(), timeout_s)
 
 
 class WeightBroadcaster:

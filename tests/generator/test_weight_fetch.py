@@ -29,7 +29,7 @@ from generator.weight_set import (
     safetensors_files,
 )
 from proto.sockets import Server
-from proto.weights import DTYPES, DType, torch_dtype
+from proto.weights import ALIGN, DTYPES, DType, TensorSpec, WeightManifest, torch_dtype
 from tests.generator.scripted import Hold, ScriptedPublisher, tensor_chunks
 
 
@@ -285,6 +285,43 @@ def test_a_failed_transfer_keeps_its_file_while_a_loader_reads_it() -> None:
     assert not arrivals.path.exists()
     with arrivals.pinned() as readable:
         assert not readable
+
+
+def test_a_laid_out_stream_is_written_in_place_and_completes_tensor_by_tensor() -> None:
+    tensors = sample_tensors()
+    specs = [
+        TensorSpec(name=name, dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape))  # type: ignore[arg-type]
+        for name, t in tensors.items()
+    ]
+    manifest = WeightManifest(version=4, tensors=specs)
+    offsets, total = manifest.layout()
+    assert all(offset % ALIGN == 0 for offset in offsets)
+    ends = [offset + spec.nbytes for offset, spec in zip(offsets, specs, strict=True)]
+    assert all(end <= start for end, start in zip(ends, offsets[1:], strict=False)) and total == ends[-1]
+
+    writer = WeightSetWriter(4)
+    assert writer.lay_out(manifest) == total
+    with pytest.raises(ValueError, match="came laid out"):
+        writer.write(tensor_chunks(4, tensors, chunk_bytes=300)[0])
+    image = bytearray(total)  # what the learner sends: each tensor at its offset
+    for offset, tensor in zip(offsets, tensors.values(), strict=True):
+        raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        image[offset : offset + len(raw)] = raw
+    cut = ends[0] + 1  # into the second tensor: only the first is complete
+    writer.view(0, cut)[:] = image[:cut]
+    writer.filled_to(cut)
+    assert [e.name for e in writer.arrivals.wait(0, 0, 0)] == [specs[0].name]
+    with pytest.raises(ValueError, match="incomplete"):
+        writer.finish()
+    writer.view(cut, total - cut)[:] = image[cut:]
+    writer.filled_to(total)
+    # the empty tensor at the end counts as it is reached; the set holds the same tensors
+    assert [e.name for e in writer.arrivals.wait(0, 0, 0)] == list(tensors)
+    weight_set = writer.finish()
+    for name, tensor in as_dict(weight_set).items():
+        assert tensor.dtype == tensors[name].dtype and torch.equal(tensor, tensors[name]), name
+    weight_set.close()
+    assert leftover_files(4) == []
 
 
 def test_a_model_directory_reads_into_a_kept_file(tmp_path: Path) -> None:

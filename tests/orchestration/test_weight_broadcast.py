@@ -18,7 +18,7 @@ from generator.weight_set import WeightSet
 from learner.training.broadcaster import WeightBroadcaster
 from learner.training.publisher import WeightPublisher
 from proto.collective import process_group, receive_manifest
-from proto.weights import WeightAnnounce
+from proto.weights import ALIGN, WeightAnnounce
 
 TIMEOUT_S = 5.0
 
@@ -103,6 +103,24 @@ def test_members_get_each_version_by_broadcast_and_a_late_joiner_catches_up() ->
         assert (broadcaster.sent, broadcaster.failed) == (2, 0)
     for f in fetchers:
         f.close()
+
+
+@pytest.mark.parametrize("bucket_bytes", [7, ALIGN, 1000, 1 << 20])
+def test_a_broadcast_lands_in_the_weight_file_whatever_the_bucket_size(bucket_bytes: int) -> None:
+    """Buckets smaller than the gap between two tensors, one bucket per alignment step, tensors
+    split across buckets, and the whole version in one bucket."""
+    broadcaster = WeightBroadcaster(bucket_bytes=bucket_bytes, timeout_s=TIMEOUT_S)
+    member = fetcher("g0")
+    with WeightPublisher(broadcaster=broadcaster) as publisher:
+        for version in (1, 2):  # over ZeroMQ (asking to join), then by broadcast
+            announce, expected = publish(publisher, version)
+            assert (announce.group is not None) == (version == 2)
+            member.want(version, publisher.address, announce)
+            received = take(member, version)
+            assert all(entry.offset % ALIGN == 0 for entry in received.entries)
+            assert_holds(received, expected)
+        assert publisher.transfers_done == 1
+    member.close()
 
 
 def _join_and_die(announce_json: str) -> None:
