@@ -29,7 +29,7 @@ from tests.launch import supervised
 
 pytestmark = pytest.mark.slow
 
-STEPS, BATCH, EVERY = 6, 4, 2  # checkpoints at steps 2 and 4: mid-stage
+STEPS, BATCH, EVERY = 8, 4, 2  # checkpoints at steps 2, 4 and 6: mid-stage
 
 
 def resume_recipe(path: Path, max_staleness: int) -> Path:
@@ -62,10 +62,19 @@ def complete_run(recipe: Path, run_dir: Path) -> list[dict[str, Any]]:
 def kill_the_learner_past_a_checkpoint(
     recipe: Path, run_dir: Path
 ) -> tuple[list[dict[str, Any]], int, list[str]]:
-    """Start a run and SIGKILL its learner once step EVERY (the first after a checkpoint) is
-    trained; (the steps it logged, the step of its newest checkpoint, the work in flight then)."""
+    """Start a run and SIGKILL its learner once it has trained the first step after a checkpoint;
+    (the steps it logged, the step of its newest checkpoint, the work in flight then).
+
+    Running ahead, two steps may be logged within one look at the log: a look that finds the
+    learner just past a checkpoint's step kills it; one that finds it further on waits for the
+    next checkpoint's."""
+
+    def just_past_a_checkpoint() -> bool:
+        logged = run.steps()
+        return logged > EVERY and logged % EVERY == 1
+
     with supervised.SupervisorRun.start(recipe, run_dir) as run:
-        assert supervised.wait_for(run, lambda: run.steps() > EVERY, timeout_s=600), run.output[-3000:]
+        assert supervised.wait_for(run, just_past_a_checkpoint, timeout_s=600), run.output[-3000:]
         killed = run.kill("learner")
         code = run.wait(timeout_s=120)
     assert code != 0, "the supervisor should stop the run when its learner dies"
